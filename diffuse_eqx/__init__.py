@@ -1,0 +1,36 @@
+"""diffuse_eqx: modular sampling from pretrained diffusion and flow-matching models (JAX + Equinox)."""
+
+from ._denoiser import (
+    Denoiser as Denoiser,
+    DenoiserOutput as DenoiserOutput,
+    integrate as integrate,
+    particle_keys as particle_keys,
+)
+from ._integrator import (
+    DDIM as DDIM,
+    AbstractIntegrator as AbstractIntegrator,
+    DPMpp2M as DPMpp2M,
+    DPMpp2S as DPMpp2S,
+    Euler as Euler,
+    Heun as Heun,
+    IntegratorState as IntegratorState,
+)
+from ._metrics import sliced_wasserstein as sliced_wasserstein
+from ._path import EDM as EDM, VP as VP, AbstractPath as AbstractPath, Flow as Flow
+from ._path.edm import VE as VE
+from ._predictor import Prediction as Prediction, Predictor as Predictor
+from ._targets import (
+    GaussianMixture as GaussianMixture,
+    GaussianMixtureNetwork as GaussianMixtureNetwork,
+)
+from ._timer import (
+    AbstractTimer as AbstractTimer,
+    CustomTimer as CustomTimer,
+    ExponentialTimer as ExponentialTimer,
+    FluxTimer as FluxTimer,
+    KarrasTimer as KarrasTimer,
+    UniformTimer as UniformTimer,
+)
+
+
+__version__ = "0.1.0"

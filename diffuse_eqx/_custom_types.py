@@ -1,0 +1,18 @@
+"""jaxtyping aliases shared by the whole package."""
+
+from typing import TypeAlias
+
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
+
+
+#: A time, a scalar array or a Python float.
+Time: TypeAlias = Float[ArrayLike, ""]
+#: A scalar array produced by the library.
+Scalar: TypeAlias = Float[Array, ""]
+#: One particle, any shape (networks, predictors and integrators are unbatched).
+Particle: TypeAlias = Float[Array, "*shape"]
+#: A time grid, strictly decreasing, from t_max to t_min.
+Grid: TypeAlias = Float[Array, " n_steps_plus_one"]
+#: Network evaluations spent by an integrator step.
+NFE: TypeAlias = Int[Array, ""]
+Key: TypeAlias = PRNGKeyArray

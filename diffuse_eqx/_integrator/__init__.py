@@ -1,0 +1,6 @@
+from .base import AbstractIntegrator as AbstractIntegrator, IntegratorState as IntegratorState
+from .ddim import DDIM as DDIM
+from .dpmpp_2m import DPMpp2M as DPMpp2M
+from .dpmpp_2s import DPMpp2S as DPMpp2S
+from .euler import Euler as Euler
+from .heun import Heun as Heun

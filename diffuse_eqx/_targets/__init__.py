@@ -1,0 +1,4 @@
+from .gaussian_mixture import (
+    GaussianMixture as GaussianMixture,
+    GaussianMixtureNetwork as GaussianMixtureNetwork,
+)

@@ -1,0 +1,62 @@
+import abc
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import ArrayLike, Int
+
+from .._check import as_numpy, concrete
+from .._custom_types import Grid, Scalar
+
+
+class AbstractTimer(eqx.Module):
+    """A time grid: `n_steps + 1` strictly decreasing times from $t_{\\max}$ (noise) to $t_{\\min}$.
+
+    `n_steps` lives here and nowhere else. `times()` gives the whole grid, `timer(i)` one value.
+    Every concrete timer validates its parameters and its grid when it is built.
+    """
+
+    n_steps: eqx.AbstractVar[int]
+
+    @abc.abstractmethod
+    def times(self) -> Grid:
+        """The grid $t_0 > t_1 > \\dots > t_{n}$, shape `(n_steps + 1,)`."""
+
+    def __call__(self, i: Int[ArrayLike, ""]) -> Scalar:
+        """The `i`-th time of the grid, $0 \\le i \\le$ `n_steps`."""
+        return self.times()[i]
+
+
+def check_n_steps(n_steps) -> None:
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int | np.integer) or n_steps < 1:
+        raise ValueError(f"n_steps must be a positive integer; got {n_steps!r}.")
+
+
+def check_grid(name: str, ts) -> None:
+    """Raises a `ValueError` naming the timer if a concrete grid is not strictly decreasing/finite."""
+    if not concrete(ts):
+        return
+    t = as_numpy(ts)
+    if t.ndim != 1 or t.size < 2:
+        raise ValueError(f"{name}: a grid needs at least 2 times in a 1-D array; got shape {t.shape}.")
+    if not np.all(np.isfinite(t)):
+        raise ValueError(f"{name}: the grid has non-finite times: {t}.")
+    if np.any(t < 0):
+        raise ValueError(f"{name}: times must be >= 0 (t = 0 is data); got {t}.")
+    bad = np.nonzero(np.diff(t) >= 0)[0]
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"{name}: the grid must be strictly decreasing (noise to data), but "
+            f"t[{i}] = {t[i]} <= t[{i + 1}] = {t[i + 1]}. Check t_max > t_min and that n_steps is "
+            "not so large that neighbouring times round to the same value."
+        )
+
+
+def check_range(name: str, t_max, t_min) -> None:
+    if concrete(t_max, t_min) and not (0 <= t_min < t_max):
+        raise ValueError(f"{name} needs 0 <= t_min < t_max; got t_min={t_min}, t_max={t_max}.")
+
+
+def as_float_array(x) -> Grid:
+    return jnp.asarray(x, dtype=jnp.result_type(float))
