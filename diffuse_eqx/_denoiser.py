@@ -112,9 +112,7 @@ class Denoiser(eqx.Module):
                 "use a velocity or x0 network."
             )
 
-    def generate(
-        self, key: Key, n_particles: int, keep_history: bool = False
-    ) -> DenoiserOutput:
+    def generate(self, key: Key, n_particles: int, keep_history: bool = False) -> DenoiserOutput:
         """Draws `n_particles` samples.
 
         **Arguments:**

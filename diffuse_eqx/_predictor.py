@@ -53,9 +53,7 @@ class Predictor(eqx.Module):
 
     def __check_init__(self):
         if self.prediction not in PREDICTIONS:
-            raise ValueError(
-                f"Predictor prediction must be one of {PREDICTIONS}; got {self.prediction!r}."
-            )
+            raise ValueError(f"Predictor prediction must be one of {PREDICTIONS}; got {self.prediction!r}.")
         if not callable(self.network):
             raise TypeError(f"Predictor network must be callable as network(x, t); got {self.network!r}.")
 
@@ -64,9 +62,7 @@ class Predictor(eqx.Module):
         t = jnp.asarray(t)
         out = self.network(x, t)
         if out.shape != x.shape:
-            raise ValueError(
-                f"network(x, t) must return an array shaped like x {x.shape}; got {out.shape}."
-            )
+            raise ValueError(f"network(x, t) must return an array shaped like x {x.shape}; got {out.shape}.")
         return self.convert(x, t, out)
 
     def convert(self, x: Particle, t: Time, out: Particle) -> Prediction:

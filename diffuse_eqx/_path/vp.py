@@ -116,4 +116,3 @@ class VP(AbstractPath):
             return 2 * c / (self.beta_min + jnp.sqrt(self.beta_min**2 + 2 * db * c))
         alpha = jnp.sqrt(jax.nn.sigmoid(2 * lam))
         return jnp.arccos(alpha * self._cos0()) * (2 / math.pi) * (1 + self.s) - self.s
-

@@ -79,9 +79,7 @@ class GaussianMixture(eqx.Module):
         diff = x - self.means
         sol = jax.scipy.linalg.solve_triangular(chol, diff[..., None], lower=True)[..., 0]
         logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
-        return jnp.log(self.weights) - 0.5 * (
-            jnp.sum(sol**2, -1) + logdet + self.dim * math.log(2 * math.pi)
-        )
+        return jnp.log(self.weights) - 0.5 * (jnp.sum(sol**2, -1) + logdet + self.dim * math.log(2 * math.pi))
 
     def log_prob(self, x: Float[Array, " d"]) -> Scalar:
         """$\\log p(x)$ for one point (vmap for many)."""

@@ -27,4 +27,3 @@ class CustomTimer(AbstractTimer):
 
     def times(self) -> Grid:
         return self.ts
-

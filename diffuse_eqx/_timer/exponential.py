@@ -31,9 +31,7 @@ class ExponentialTimer(AbstractTimer):
         check_n_steps(self.n_steps)
         check_range("ExponentialTimer", self.t_max, self.t_min)
         if concrete(self.t_min) and not self.t_min > 0:
-            raise ValueError(
-                f"ExponentialTimer needs t_min > 0 (log-spaced); got t_min={self.t_min}."
-            )
+            raise ValueError(f"ExponentialTimer needs t_min > 0 (log-spaced); got t_min={self.t_min}.")
         if self.append_zero and self.n_steps < 2:
             raise ValueError("ExponentialTimer with append_zero=True needs n_steps >= 2.")
         check_grid("ExponentialTimer", self.times())
