@@ -2,11 +2,15 @@
 
 from typing import TypeAlias
 
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Real
 
 
-#: A time, a scalar array or a Python float.
-Time: TypeAlias = Float[ArrayLike, ""]
+#: A time, a scalar array or a Python number.
+Time: TypeAlias = Real[ArrayLike, ""]
+#: Times at which a path is evaluated (path methods are elementwise).
+Times: TypeAlias = Real[ArrayLike, "*t"]
+#: The values of a path's coefficient at `Times`.
+PathValue: TypeAlias = Float[Array, "*t"]
 #: A scalar array produced by the library.
 Scalar: TypeAlias = Float[Array, ""]
 #: One particle, any shape (networks, predictors and integrators are unbatched).

@@ -1,7 +1,7 @@
 import jax.numpy as jnp
 
 from .._check import concrete
-from .._custom_types import Scalar, Time
+from .._custom_types import PathValue, Times
 from .base import AbstractPath
 
 
@@ -37,19 +37,19 @@ class EDM(AbstractPath):
     def t_max(self) -> float:
         return self.sigma_max
 
-    def alpha(self, t: Time) -> Scalar:
+    def alpha(self, t: Times) -> PathValue:
         return jnp.ones_like(jnp.asarray(t) + 0.0)
 
-    def sigma(self, t: Time) -> Scalar:
+    def sigma(self, t: Times) -> PathValue:
         return jnp.asarray(t) + 0.0
 
-    def d_alpha(self, t: Time) -> Scalar:
+    def d_alpha(self, t: Times) -> PathValue:
         return jnp.zeros_like(jnp.asarray(t) + 0.0)
 
-    def d_sigma(self, t: Time) -> Scalar:
+    def d_sigma(self, t: Times) -> PathValue:
         return jnp.ones_like(jnp.asarray(t) + 0.0)
 
-    def t_from_lambda(self, lam: Time) -> Scalar:
+    def t_from_lambda(self, lam: Times) -> PathValue:
         return jnp.exp(-jnp.asarray(lam))
 
 

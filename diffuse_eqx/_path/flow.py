@@ -1,7 +1,7 @@
 import jax
 import jax.numpy as jnp
 
-from .._custom_types import Scalar, Time
+from .._custom_types import PathValue, Times
 from .base import AbstractPath
 
 
@@ -32,17 +32,17 @@ class Flow(AbstractPath):
     def t_max(self) -> float:
         return 1.0
 
-    def alpha(self, t: Time) -> Scalar:
+    def alpha(self, t: Times) -> PathValue:
         return 1.0 - jnp.asarray(t)
 
-    def sigma(self, t: Time) -> Scalar:
+    def sigma(self, t: Times) -> PathValue:
         return jnp.asarray(t) + 0.0
 
-    def d_alpha(self, t: Time) -> Scalar:
+    def d_alpha(self, t: Times) -> PathValue:
         return jnp.full_like(jnp.asarray(t) + 0.0, -1.0)
 
-    def d_sigma(self, t: Time) -> Scalar:
+    def d_sigma(self, t: Times) -> PathValue:
         return jnp.ones_like(jnp.asarray(t) + 0.0)
 
-    def t_from_lambda(self, lam: Time) -> Scalar:
+    def t_from_lambda(self, lam: Times) -> PathValue:
         return jax.nn.sigmoid(-jnp.asarray(lam))

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from .._check import concrete
-from .._custom_types import Scalar, Time
+from .._custom_types import PathValue, Times
 from .base import AbstractPath
 
 
@@ -76,20 +76,20 @@ class VP(AbstractPath):
     def _cos0(self):
         return jnp.cos(self.s / (1 + self.s) * (math.pi / 2))
 
-    def beta(self, t: Time) -> Scalar:
+    def beta(self, t: Times) -> PathValue:
         r"""$\beta(t) = -2\dot\alpha/\alpha$."""
         if self.schedule == "linear":
             return self.beta_min + jnp.asarray(t) * (self.beta_max - self.beta_min)
         return math.pi / (1 + self.s) * jnp.tan(self._angle(t))
 
-    def alpha(self, t: Time) -> Scalar:
+    def alpha(self, t: Times) -> PathValue:
         t = jnp.asarray(t)
         if self.schedule == "linear":
             return jnp.exp(-0.5 * self.beta_min * t - 0.25 * (self.beta_max - self.beta_min) * t**2)
         # cos(angle) written as sin(pi/2 - angle), which is exactly 0 at t = 1.
         return jnp.sin((1 - t) / (1 + self.s) * (math.pi / 2)) / self._cos0()
 
-    def sigma(self, t: Time) -> Scalar:
+    def sigma(self, t: Times) -> PathValue:
         # sqrt(1 - alpha^2) = sqrt(-expm1(2 log alpha)) is accurate for small t.
         if self.schedule == "linear":
             t = jnp.asarray(t)
@@ -99,15 +99,15 @@ class VP(AbstractPath):
         a, a0 = self._angle(t), self.s / (1 + self.s) * (math.pi / 2)
         return jnp.sqrt(jnp.sin(a - a0) * jnp.sin(a + a0)) / self._cos0()
 
-    def d_alpha(self, t: Time) -> Scalar:
+    def d_alpha(self, t: Times) -> PathValue:
         if self.schedule == "linear":
             return -0.5 * self.beta(t) * self.alpha(t)
         return -(math.pi / 2) / (1 + self.s) * jnp.sin(self._angle(t)) / self._cos0()
 
-    def d_sigma(self, t: Time) -> Scalar:
+    def d_sigma(self, t: Times) -> PathValue:
         return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
 
-    def t_from_lambda(self, lam: Time) -> Scalar:
+    def t_from_lambda(self, lam: Times) -> PathValue:
         lam = jnp.asarray(lam)
         if self.schedule == "linear":
             # -log(alpha^2) = softplus(-2 lam) = beta_min t + (beta_max - beta_min) t^2 / 2
@@ -115,4 +115,5 @@ class VP(AbstractPath):
             db = self.beta_max - self.beta_min
             return 2 * c / (self.beta_min + jnp.sqrt(self.beta_min**2 + 2 * db * c))
         alpha = jnp.sqrt(jax.nn.sigmoid(2 * lam))
-        return jnp.arccos(alpha * self._cos0()) * (2 / math.pi) * (1 + self.s) - self.s
+        t = jnp.arccos(alpha * self._cos0()) * (2 / math.pi) * (1 + self.s) - self.s
+        return jnp.maximum(t, 0.0)  # arccos rounding may give -1e-15 at lambda = +inf

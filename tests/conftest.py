@@ -1,0 +1,18 @@
+import os
+
+import jax
+from hypothesis import HealthCheck, settings
+
+
+# Exactness and order tests need float64; everything in the suite runs in x64.
+jax.config.update("jax_enable_x64", True)
+
+settings.register_profile(
+    "ci",
+    deadline=None,  # JIT compilation makes the first example slow
+    max_examples=int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "10")),
+    derandomize=True,  # the same examples on every run: CI results are reproducible
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.load_profile("ci")
