@@ -1,4 +1,6 @@
-from jaxtyping import ArrayLike, Float
+from collections.abc import Sequence
+
+from jaxtyping import Array, ArrayLike, Float
 
 from .._custom_types import Grid
 from .base import AbstractTimer, as_float_array, check_grid
@@ -13,9 +15,9 @@ class CustomTimer(AbstractTimer):
       `len(ts) - 1`.
     """
 
-    ts: Float[ArrayLike, " n_steps_plus_one"]
+    ts: Float[Array, " n_steps_plus_one"]
 
-    def __init__(self, ts: Float[ArrayLike, " n_steps_plus_one"]):
+    def __init__(self, ts: Float[ArrayLike, " n_steps_plus_one"] | Sequence[float]):
         self.ts = as_float_array(ts)
 
     def __check_init__(self):
