@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -6,6 +8,7 @@ from jaxtyping import Array, Float
 from ._custom_types import Key, Scalar
 
 
+@functools.partial(jax.jit, static_argnames="n_projections")
 def sliced_wasserstein(
     x: Float[Array, "n d"],
     y: Float[Array, "n d"],
@@ -18,6 +21,14 @@ def sliced_wasserstein(
 
     the expectation over `n_projections` random directions, each 1-D $W_2$ exact by sorting.
     Use the same `key` for every comparison so the directions are shared.
+
+    **Arguments:**
+
+    - `x`, `y`: the two sample sets, shape `(n, d)` each.
+    - `key`: the PRNG key that draws the directions.
+    - `n_projections`: the number of random directions (default 512).
+
+    **Returns:** the scalar $SW_2$ estimate.
     """
     if x.shape != y.shape:
         raise ValueError(f"sliced_wasserstein needs equal shapes; got {x.shape} and {y.shape}.")
@@ -26,5 +37,3 @@ def sliced_wasserstein(
     px, py = jnp.sort(x @ theta.T, axis=0), jnp.sort(y @ theta.T, axis=0)
     return jnp.sqrt(jnp.mean((px - py) ** 2))
 
-
-sliced_wasserstein = jax.jit(sliced_wasserstein, static_argnames="n_projections")

@@ -64,6 +64,7 @@ class GaussianMixture(eqx.Module):
 
     @property
     def dim(self) -> int:
+        """The dimension $d$."""
         return self.means.shape[-1]
 
     def sample(self, key: Key, n: int) -> Float[Array, "n d"]:

@@ -17,6 +17,7 @@ class AbstractTimer(eqx.Module):
     """
 
     n_steps: eqx.AbstractVar[int]
+    """The number of steps; the grid has `n_steps + 1` times."""
 
     @abc.abstractmethod
     def times(self) -> Grid:

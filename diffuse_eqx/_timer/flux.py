@@ -11,7 +11,8 @@ class FluxTimer(AbstractTimer):
 
     $$t_i = \frac{e^{\mu}}{e^{\mu} + (1/u_i - 1)}, \qquad u_i = 1 - i/N,$$
 
-    which moves steps towards low noise as $\mu$ grows. **Static** shift $s$: $e^\mu = s$ (SD3 and
+    which, for $\mu > 0$, moves every time towards noise ($t_i \ge u_i$) and makes the steps finest
+    near $t = 1$ ($dt/du = e^{-\mu}$ there). **Static** shift $s$: $e^\mu = s$ (SD3 and
     diffusers' `shift`). **Dynamic** shift: $\mu$ is linear in the number of image tokens,
     from $\mu = 0.5$ at 256 tokens to $\mu = 1.15$ at 4096 tokens, so $\mu = 0.63$ at 1024 tokens
     (512x512 images) and $1.15$ at 4096 (1024x1024).
