@@ -6,7 +6,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float, Int, Shaped
 
 from ._check import as_numpy, concrete
 from ._custom_types import Grid, Key, Particle
@@ -56,7 +56,7 @@ def integrate(
     return state.position, n, history
 
 
-def particle_keys(key: Key, n_particles: int) -> Key:
+def particle_keys(key: Key, n_particles: int) -> Shaped[Array, " n_particles *key"]:
     """One key per particle, `fold_in(key, i)`: particle i gets the same key whatever
     `n_particles` is."""
     return jax.vmap(lambda i: jr.fold_in(key, i))(jnp.arange(n_particles))

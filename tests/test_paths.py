@@ -76,7 +76,9 @@ def test_reverse_drift_uses_the_paths_own_coefficients():
         expected = path.drift_coefficient(t) * x - path.diffusion_squared(t) * score
         np.testing.assert_allclose(path.reverse_drift(x, t, score), expected, rtol=1e-12)
     # Flow and VP differ: the original library used the VP drift for every path.
-    assert not np.allclose(PATHS["flow"].reverse_drift(x, t, score), PATHS["vp_linear"].reverse_drift(x, t, score))
+    assert not np.allclose(
+        PATHS["flow"].reverse_drift(x, t, score), PATHS["vp_linear"].reverse_drift(x, t, score)
+    )
 
 
 @pytest.mark.parametrize(

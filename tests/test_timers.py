@@ -58,7 +58,7 @@ def test_uniform_karras_exponential_custom():
     np.testing.assert_allclose(k_no_zero.times(), ref, rtol=1e-12)
 
     e = dx.ExponentialTimer(4, t_min=0.01, t_max=1.0)
-    np.testing.assert_allclose(e.times(), [1, 0.1**(2 / 3), 0.1**(4 / 3), 0.01, 0], rtol=1e-12)
+    np.testing.assert_allclose(e.times(), [1, 0.1 ** (2 / 3), 0.1 ** (4 / 3), 0.01, 0], rtol=1e-12)
 
     c = dx.CustomTimer([1.0, 0.4, 0.1, 0.0])
     assert c.n_steps == 3

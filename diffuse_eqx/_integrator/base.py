@@ -32,7 +32,7 @@ class AbstractIntegrator(eqx.Module):
     """
 
     order: eqx.AbstractClassVar[int]
-    """Order of accuracy as an ODE solver (global error $O(h^{\rm order})$)."""
+    r"""Order of accuracy as an ODE solver (global error $O(h^{\rm order})$)."""
     nfe_per_step: eqx.AbstractClassVar[int]
     """Network evaluations of a regular step."""
 

@@ -17,7 +17,7 @@ class AbstractPath(eqx.Module):
     """
 
     t_max: eqx.AbstractVar[float]
-    """The noise end of the path: $t \in [0, t_{\max}]$."""
+    r"""The noise end of the path: $t \in [0, t_{\max}]$."""
 
     @abc.abstractmethod
     def alpha(self, t: Times) -> PathValue:

@@ -54,4 +54,4 @@ class EDM(AbstractPath):
 
 
 VE = EDM
-"""Alias of [`EDM`][diffuse_eqx.EDM]: the variance-exploding path $x_t = x_0 + t\,\varepsilon$."""
+r"""Alias of [`EDM`][diffuse_eqx.EDM]: the variance-exploding path $x_t = x_0 + t\,\varepsilon$."""
