@@ -12,7 +12,7 @@ PREDICTIONS = ("velocity", "score", "noise", "x0")
 
 def native(path, prediction, x0, eps, t):
     """The exact output of a `prediction` network for x = a x0 + s eps."""
-    a, s, da, ds = path.alpha(t), path.sigma(t), path.d_alpha(t), path.d_sigma(t)
+    s, da, ds = path.sigma(t), path.d_alpha(t), path.d_sigma(t)
     return {"velocity": da * x0 + ds * eps, "score": -eps / s, "noise": eps, "x0": x0}[prediction]
 
 
