@@ -59,11 +59,13 @@ class Predictor(eqx.Module):
 
     def predict(self, x: Particle, t: Time) -> Prediction:
         """Evaluates the network once and returns its (x0, noise) pair."""
-        t = jnp.asarray(t)
-        out = self.network(x, t)
+        return self.convert(x, t, self._network(x, t))
+
+    def _network(self, x, t):
+        out = self.network(x, jnp.asarray(t))
         if out.shape != x.shape:
             raise ValueError(f"network(x, t) must return an array shaped like x {x.shape}; got {out.shape}.")
-        return self.convert(x, t, out)
+        return out
 
     def convert(self, x: Particle, t: Time, out: Particle) -> Prediction:
         """Converts a raw network output `out` at `(x, t)` to the (x0, noise) pair."""
@@ -94,13 +96,13 @@ class Predictor(eqx.Module):
     def score(self, x: Particle, t: Time) -> Particle:
         r"""Score $\nabla_x \log p_t(x) = -\hat\varepsilon / \sigma(t)$."""
         if self.prediction == "score":
-            return self.network(x, jnp.asarray(t))
+            return self._network(x, t)
         return (-self.predict(x, t).noise / self.path.sigma(jnp.asarray(t))).astype(x.dtype)
 
     def velocity(self, x: Particle, t: Time) -> Particle:
         r"""Probability-flow velocity $v = \dot\alpha \hat x_0 + \dot\sigma \hat\varepsilon$."""
         t = jnp.asarray(t)
         if self.prediction == "velocity":
-            return self.network(x, t)
+            return self._network(x, t)
         pred = self.predict(x, t)
         return (self.path.d_alpha(t) * pred.x0 + self.path.d_sigma(t) * pred.noise).astype(x.dtype)

@@ -75,6 +75,13 @@ class GaussianMixture(eqx.Module):
         z = jr.normal(k_noise, (n, self.dim), self.means.dtype)
         return self.means[comp] + jnp.einsum("nij,nj->ni", chol, z)
 
+    def _check_point(self, x):
+        if x.shape != (self.dim,):
+            raise ValueError(
+                f"GaussianMixture in dimension {self.dim} takes one point of shape ({self.dim},); got "
+                f"shape {x.shape} (vmap over points)."
+            )
+
     def _component_log_probs(self, x):
         chol = jnp.linalg.cholesky(self.covs)
         diff = x - self.means
@@ -84,6 +91,7 @@ class GaussianMixture(eqx.Module):
 
     def log_prob(self, x: Float[Array, " d"]) -> Scalar:
         """$\\log p(x)$ for one point (vmap for many)."""
+        self._check_point(x)
         return jax.nn.logsumexp(self._component_log_probs(x))
 
     def marginal(self, path: AbstractPath, t: Time) -> "GaussianMixture":
@@ -95,6 +103,7 @@ class GaussianMixture(eqx.Module):
 
     def _posterior_terms(self, path: AbstractPath, x, t):
         """Responsibilities r_k and the vectors C_k^{-1}(x - a mu_k)."""
+        self._check_point(x)
         a, s = path.alpha(t), path.sigma(t)
         eye = jnp.eye(self.dim, dtype=self.covs.dtype)
         cov_t = a**2 * self.covs + s**2 * eye
