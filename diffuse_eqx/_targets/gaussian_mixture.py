@@ -132,7 +132,9 @@ class GaussianMixture(eqx.Module):
     def velocity(self, path: AbstractPath, x: Float[Array, " d"], t: Time) -> Float[Array, " d"]:
         r"""Probability-flow velocity $\dot\alpha_t\,\mathbb E[x_0\mid x] + \dot\sigma_t\,
         \mathbb E[\varepsilon\mid x]$."""
-        return path.d_alpha(t) * self.x0(path, x, t) + path.d_sigma(t) * self.noise(path, x, t)
+        r, prec_diff, a, s = self._posterior_terms(path, x, t)
+        x0 = r @ (self.means + a * jnp.einsum("kij,kj->ki", self.covs, prec_diff))
+        return path.d_alpha(t) * x0 + path.d_sigma(t) * s * (r @ prec_diff)
 
     def network(self, path: AbstractPath, prediction: PredictionType = "velocity"):
         """The exact network of this target for `path` in the parameterization `prediction`, a
