@@ -1,0 +1,1 @@
+"""Pretrained models ported to Equinox."""
