@@ -2,6 +2,8 @@
 
 ```
 diffuse-eqx demo [--out DIR] [--particles N] [--batch-particles N] [--seed S] [--quick]
+diffuse-eqx generate --model REPO_OR_DIR --prompt TEXT [--height H] [--width W] [--steps N]
+                     [--timer T] [--integrator I] [--n N] [--seed S] [--guidance G] [--dtype D] [--out DIR]
 ```
 """
 
@@ -56,6 +58,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: %(default)s)")
     demo.add_argument("--quick", action="store_true", help="a small, fast run")
+
+    gen = commands.add_parser(
+        "generate",
+        help="text-to-image with FLUX.1 (weights from the Hugging Face hub or a local folder)",
+        description="Samples FLUX.1 with any timer and integrator of the library and writes PNGs.",
+    )
+    gen.add_argument("--model", default="black-forest-labs/FLUX.1-dev", help="repo id or diffusers folder")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--height", type=int, default=512)
+    gen.add_argument("--width", type=int, default=512)
+    gen.add_argument("--steps", type=int, default=20)
+    gen.add_argument("--timer", default="flux", choices=["flux", "uniform", "karras", "exponential"])
+    gen.add_argument("--integrator", default="euler", choices=["euler", "heun", "ddim", "dpmpp2s", "dpmpp2m"])
+    gen.add_argument("--n", type=int, default=1, help="images (particles) to draw")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--guidance", type=float, default=3.5, help="distilled guidance (dev only)")
+    gen.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    gen.add_argument("--out", type=Path, default=Path("flux_out"), metavar="DIR")
     return parser
 
 
@@ -71,6 +91,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.batch_particles is not None:
             settings["n_batch"] = args.batch_particles
         run_demo(DemoConfig(out=args.out, seed=args.seed, **settings))
+    elif args.command == "generate":
+        from .models.flux.generate import generate
+
+        generate(
+            args.model,
+            args.prompt,
+            height=args.height,
+            width=args.width,
+            steps=args.steps,
+            timer=args.timer,
+            integrator=args.integrator,
+            n=args.n,
+            seed=args.seed,
+            guidance=args.guidance,
+            dtype=args.dtype,
+            out=args.out,
+        )
     return 0
 
 

@@ -1,0 +1,249 @@
+"""FLUX.1 pipeline: loading, prompt encoding, latent packing and a conditioned velocity network.
+
+FLUX is one model among others here: the pipeline turns a prompt into a velocity network
+`network(x, t)` over packed latents, to give to [`Predictor`][diffuse_eqx.Predictor] with the
+[`Flow`][diffuse_eqx.Flow] path, exactly like any other network.
+"""
+
+import dataclasses
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from ..._timer import FluxTimer
+from .autoencoder import Autoencoder
+from .clip import CLIPTextEncoder
+from .t5 import T5Encoder
+from .transformer import FluxTransformer
+
+
+#: The files of a diffusers FLUX repository the pipeline reads (the BFL single files are skipped).
+PIPELINE_FILES = [
+    "model_index.json",
+    "transformer/*",
+    "vae/*",
+    "text_encoder/*",
+    "text_encoder_2/*",
+    "tokenizer/*",
+    "tokenizer_2/*",
+]
+
+
+def resolve_checkpoint(repo_id_or_path: str | Path) -> Path:
+    """A local folder as it is, or a Hugging Face repository id fetched (only the files the pipeline
+    needs) or found in the local cache. Raises a clear error when offline and not cached."""
+    path = Path(repo_id_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or str(repo_id_or_path).count("/") != 1:
+        raise FileNotFoundError(
+            f"{repo_id_or_path!r} is neither a folder in the diffusers FLUX layout nor a Hugging Face "
+            "repository id such as 'black-forest-labs/FLUX.1-dev'."
+        )
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(repo_id_or_path), allow_patterns=PIPELINE_FILES))
+    except Exception as online_error:
+        try:
+            return Path(
+                snapshot_download(str(repo_id_or_path), allow_patterns=PIPELINE_FILES, local_files_only=True)
+            )
+        except Exception:
+            raise RuntimeError(
+                f"Could not download {repo_id_or_path!r} from the Hugging Face hub ({online_error}) and it "
+                "is not in the local cache. Download it where the hub is reachable (gated models need "
+                "`huggingface-cli login` and the licence accepted), or pass a local folder."
+            ) from online_error
+
+
+class FluxConditionedNetwork(eqx.Module):
+    """The FLUX transformer with a prompt baked in: `network(x, t)` over one particle of packed
+    latents `x` of shape `(L_img, 4 C)`, returning the velocity $dx_t/dt$ of the `Flow` path
+    $x_t = (1 - t) x_0 + t \\varepsilon$.
+
+    **Arguments:**
+
+    - `transformer`: the [`FluxTransformer`][diffuse_eqx.models.flux.FluxTransformer].
+    - `txt`: T5 hidden states `(L_txt, 4096)`; `pooled`: CLIP pooled output `(768,)`.
+    - `img_ids`, `txt_ids`: the position ids, `(L_img, 3)` and `(L_txt, 3)`.
+    - `guidance`: the distilled guidance scale of FLUX.1-dev (`None` for schnell).
+    """
+
+    transformer: FluxTransformer
+    txt: Float[Array, "L_txt d_txt"]
+    pooled: Float[Array, " d_vec"]
+    img_ids: Float[Array, "L_img 3"]
+    txt_ids: Float[Array, "L_txt 3"]
+    guidance: Float[Array, ""] | None = None
+
+    def __call__(self, x: Float[Array, "L_img c"], t: Float[Array, ""] | float) -> Float[Array, "L_img c"]:
+        v = self.transformer(x, self.txt, self.pooled, t, self.guidance, self.img_ids, self.txt_ids)
+        return v.astype(x.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class FluxPipeline:
+    """A FLUX.1 checkpoint in the diffusers layout: the transformer and autoencoder on the device,
+    the text encoders read from disk only while a prompt is encoded, then released.
+
+    **Arguments:**
+
+    - `root`: the checkpoint folder.
+    - `transformer`, `vae`: the loaded models.
+    - `dtype`: the dtype of every model and of the latents.
+    - `max_sequence_length`: T5 tokens (512 for dev, 256 for schnell).
+    """
+
+    root: Path
+    transformer: FluxTransformer
+    vae: Autoencoder
+    dtype: jnp.dtype = jnp.float32
+    max_sequence_length: int = 512
+
+    @classmethod
+    def from_pretrained(
+        cls, repo_id_or_path: str | Path, dtype=jnp.float32, max_sequence_length: int | None = None
+    ) -> "FluxPipeline":
+        """Loads the transformer and the autoencoder of a diffusers-layout FLUX checkpoint (a folder,
+        or a repository id fetched with `huggingface_hub.snapshot_download`)."""
+        root = resolve_checkpoint(repo_id_or_path)
+        for sub in ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
+            if not (root / sub).is_dir():
+                raise FileNotFoundError(f"{root} is not a diffusers FLUX checkpoint: no {sub}/ folder.")
+        transformer = FluxTransformer.from_pretrained(root / "transformer", dtype=dtype)
+        vae = Autoencoder.from_pretrained(root / "vae", dtype=dtype)
+        if max_sequence_length is None:
+            max_sequence_length = 512 if transformer.config.guidance_embed else 256
+        return cls(root, transformer, vae, jnp.dtype(dtype), max_sequence_length)
+
+    # --- text -------------------------------------------------------------------------------------
+
+    def tokenize(self, prompt: str) -> tuple[Int[np.ndarray, " 77"], Int[np.ndarray, " L_txt"]]:
+        """CLIP ids (77,) and T5 ids (`max_sequence_length`,), padded to full length as FLUX does."""
+        from transformers import AutoTokenizer
+
+        clip_tok = AutoTokenizer.from_pretrained(self.root / "tokenizer")
+        t5_tok = AutoTokenizer.from_pretrained(self.root / "tokenizer_2")
+        clip_ids = clip_tok(
+            prompt, padding="max_length", max_length=clip_tok.model_max_length, truncation=True
+        )
+        t5_ids = t5_tok(prompt, padding="max_length", max_length=self.max_sequence_length, truncation=True)
+        return np.asarray(clip_ids["input_ids"], np.int32), np.asarray(t5_ids["input_ids"], np.int32)
+
+    def encode_prompt(self, prompt: str) -> tuple[Float[Array, "L_txt d_txt"], Float[Array, " d_vec"]]:
+        """T5 hidden states and the CLIP pooled embedding of `prompt`. Each encoder is loaded, run and
+        released in turn, so at most one of them is on the device next to the transformer."""
+        clip_ids, t5_ids = self.tokenize(prompt)
+        clip = CLIPTextEncoder.from_pretrained(self.root / "text_encoder", dtype=self.dtype)
+        _, pooled = eqx.filter_jit(clip)(jnp.asarray(clip_ids))
+        pooled = jax.block_until_ready(pooled)
+        del clip
+        t5 = T5Encoder.from_pretrained(self.root / "text_encoder_2", dtype=self.dtype)
+        txt = jax.block_until_ready(eqx.filter_jit(t5)(jnp.asarray(t5_ids)))
+        del t5
+        return txt, pooled
+
+    # --- latents ----------------------------------------------------------------------------------
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell along each side (8 for FLUX)."""
+        return self.vae.config.downsampling
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    def latent_size(self, height: int, width: int) -> tuple[int, int]:
+        """The autoencoder latent's (h, w) for an image: even, as packing takes 2x2 patches."""
+        f = 2 * self.vae_scale_factor
+        if height < f or width < f:
+            raise ValueError(f"height and width must be at least {f}; got {height}x{width}.")
+        return 2 * (height // f), 2 * (width // f)
+
+    def image_seq_len(self, height: int, width: int) -> int:
+        """Packed image tokens: (h/2)(w/2) (1024 at 512x512, 4096 at 1024x1024)."""
+        h, w = self.latent_size(height, width)
+        return (h // 2) * (w // 2)
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int]:
+        """The shape of one particle of packed latents, `(image_seq_len, 4 * latent_channels)`."""
+        return self.image_seq_len(height, width), 4 * self.latent_channels
+
+    def image_ids(self, height: int, width: int) -> Float[Array, "L_img 3"]:
+        """Position ids of the packed image tokens: (0, row, column)."""
+        h, w = self.latent_size(height, width)
+        rows, cols = jnp.meshgrid(jnp.arange(h // 2), jnp.arange(w // 2), indexing="ij")
+        ids = jnp.stack([jnp.zeros_like(rows), rows, cols], -1).reshape(-1, 3)
+        return ids.astype(jnp.float32)
+
+    @staticmethod
+    def pack(latents: Float[Array, "c h w"]) -> Float[Array, "L_img c4"]:
+        """(C, h, w) -> (h/2 * w/2, 4C): 2x2 patches, channel-major within a patch (as diffusers)."""
+        c, h, w = latents.shape
+        x = latents.reshape(c, h // 2, 2, w // 2, 2).transpose(1, 3, 0, 2, 4)
+        return x.reshape((h // 2) * (w // 2), 4 * c)
+
+    def unpack(self, packed: Float[Array, "L_img c4"], height: int, width: int) -> Float[Array, "c h w"]:
+        """Inverse of [`pack`][diffuse_eqx.models.flux.FluxPipeline.pack]."""
+        h, w = self.latent_size(height, width)
+        c = packed.shape[-1] // 4
+        x = packed.reshape(h // 2, w // 2, c, 2, 2).transpose(2, 0, 3, 1, 4)
+        return x.reshape(c, h, w)
+
+    # --- sampling ---------------------------------------------------------------------------------
+
+    def network(
+        self,
+        txt: Float[Array, "L_txt d_txt"],
+        pooled: Float[Array, " d_vec"],
+        height: int,
+        width: int,
+        guidance: float | None = 3.5,
+    ) -> FluxConditionedNetwork:
+        """The velocity network for these prompt embeddings at this resolution. `guidance` is the
+        distilled guidance scale of FLUX.1-dev; it must be `None` for models without it (schnell)."""
+        if self.transformer.config.guidance_embed and guidance is None:
+            raise ValueError("This FLUX transformer has a guidance embedding (dev): give `guidance`.")
+        if not self.transformer.config.guidance_embed:
+            guidance = None
+        return FluxConditionedNetwork(
+            transformer=self.transformer,
+            txt=txt.astype(self.dtype),
+            pooled=pooled.astype(self.dtype),
+            img_ids=self.image_ids(height, width),
+            txt_ids=jnp.zeros((txt.shape[0], 3), jnp.float32),
+            guidance=None if guidance is None else jnp.asarray(guidance, jnp.float32),
+        )
+
+    def condition(self, prompt: str, height: int, width: int, guidance: float | None = 3.5):
+        """[`encode_prompt`][diffuse_eqx.models.flux.FluxPipeline.encode_prompt] then
+        [`network`][diffuse_eqx.models.flux.FluxPipeline.network]."""
+        txt, pooled = self.encode_prompt(prompt)
+        return self.network(txt, pooled, height, width, guidance)
+
+    def timer(self, n_steps: int, height: int, width: int) -> FluxTimer:
+        """FLUX's own schedule for this resolution: the dynamic shift from the image tokens."""
+        return FluxTimer(n_steps=n_steps, image_seq_len=self.image_seq_len(height, width))
+
+    # --- images -----------------------------------------------------------------------------------
+
+    def decode(self, packed: Float[Array, "L_img c4"], height: int, width: int) -> Float[Array, "3 H W"]:
+        """Packed latents of one sample -> an image in [-1, 1] (not clipped), shape (3, H, W)."""
+        return self.vae.decode(self.unpack(packed, height, width))
+
+    def encode(self, image: Float[Array, "3 H W"]) -> Float[Array, "L_img c4"]:
+        """An image in [-1, 1] -> packed latents (the autoencoder's posterior mean), for inverse
+        problems."""
+        return self.pack(self.vae.encode(image))
+
+    @staticmethod
+    def to_uint8(images: Float[Array, "*batch 3 H W"]) -> np.ndarray:
+        """Images in [-1, 1], channels first -> uint8 arrays, channels last."""
+        x = np.asarray(jnp.clip((images.astype(jnp.float32) + 1) * 127.5, 0, 255).round(), np.uint8)
+        return np.moveaxis(x, -3, -1)
