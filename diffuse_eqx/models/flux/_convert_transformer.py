@@ -1,4 +1,4 @@
-"""FLUX.1 transformer checkpoints (BFL single files and diffusers folders) -> [`FluxTransformer`][].
+"""FLUX.1 transformer checkpoints (BFL single files and diffusers folders) -> [`FluxTransformer`][diffuse_eqx.models.flux.FluxTransformer].
 
 Both layouts are mapped here, onto the parameter paths of the Equinox model (BFL's names, blocks
 stacked on a leading axis): a table per layout says, for each module of the model, which checkpoint
@@ -11,7 +11,7 @@ module(s) it comes from. Differences handled:
 - RMS-norm scales are `.weight` in diffusers, `.scale` in BFL.
 
 Every tensor is read with its expected shape, per-block tensors are stacked, and tensors left over
-are reported, all as [`CheckpointError`][diffuse_eqx.models._weights.CheckpointError].
+are reported, all as `CheckpointError`.
 """
 
 import json
@@ -229,7 +229,7 @@ def _diffusers_config(file: Path, axes_dim: tuple[int, ...] | None) -> FluxTrans
 def load_transformer(
     path: str | Path, dtype=jnp.float32, axes_dim: tuple[int, ...] | None = None
 ) -> FluxTransformer:
-    """See [`FluxTransformer.from_pretrained`][]."""
+    """See [`FluxTransformer.from_pretrained`][diffuse_eqx.models.flux.FluxTransformer.from_pretrained]."""
     path = Path(path)
     config_file = path / "config.json"
     if path.is_dir() and config_file.is_file():

@@ -146,8 +146,8 @@ class CLIPTextEncoder(eqx.Module):
 
     **Arguments:**
 
-    - `config`: a [`CLIPTextConfig`][].
-    - `key`: a JAX random key (random weights; use [`CLIPTextEncoder.from_pretrained`][] for real ones).
+    - `config`: a [`CLIPTextConfig`][diffuse_eqx.models.flux.CLIPTextConfig].
+    - `key`: a JAX random key (random weights; use [`CLIPTextEncoder.from_pretrained`][diffuse_eqx.models.flux.CLIPTextEncoder.from_pretrained] for real ones).
     """
 
     token_embedding: Float[Array, "vocab dim"]
@@ -205,7 +205,7 @@ class CLIPTextEncoder(eqx.Module):
     def from_pretrained(cls, path: str | Path, dtype=jnp.float32) -> "CLIPTextEncoder":
         """Loads a transformers `CLIPTextModel` folder (FLUX's `text_encoder/`: `config.json` and
         `model.safetensors`, or shards with `model.safetensors.index.json`). Every tensor is checked:
-        a missing, unexpected or mis-shaped one raises [`CheckpointError`][] naming it.
+        a missing, unexpected or mis-shaped one raises `CheckpointError` naming it.
 
         **Arguments:**
 

@@ -154,8 +154,8 @@ class T5Encoder(eqx.Module):
 
     **Arguments:**
 
-    - `config`: a [`T5Config`][].
-    - `key`: a JAX random key (random weights; use [`T5Encoder.from_pretrained`][] for real ones).
+    - `config`: a [`T5Config`][diffuse_eqx.models.flux.T5Config].
+    - `key`: a JAX random key (random weights; use [`T5Encoder.from_pretrained`][diffuse_eqx.models.flux.T5Encoder.from_pretrained] for real ones).
     """
 
     embedding: Float[Array, "vocab d_model"]
@@ -202,7 +202,7 @@ class T5Encoder(eqx.Module):
     def from_pretrained(cls, path: str | Path, dtype=jnp.float32) -> "T5Encoder":
         """Loads a transformers `T5EncoderModel` folder (FLUX's `text_encoder_2/`: `config.json` and
         `model.safetensors`, or shards with `model.safetensors.index.json`). Every tensor is checked: a
-        missing, unexpected or mis-shaped one raises [`CheckpointError`][] naming it.
+        missing, unexpected or mis-shaped one raises `CheckpointError` naming it.
 
         **Arguments:**
 
