@@ -1,4 +1,5 @@
-"""FLUX.1 transformer checkpoints (BFL single files and diffusers folders) -> [`FluxTransformer`][diffuse_eqx.models.flux.FluxTransformer].
+"""FLUX.1 transformer checkpoints (BFL single files and diffusers folders) ->
+[`FluxTransformer`][diffuse_eqx.models.flux.FluxTransformer].
 
 Both layouts are mapped here, onto the parameter paths of the Equinox model (BFL's names, blocks
 stacked on a leading axis): a table per layout says, for each module of the model, which checkpoint

@@ -22,9 +22,11 @@ from ._convert_autoencoder import convert_autoencoder, infer_autoencoder_config
 
 
 class AutoencoderConfig(eqx.Module):
-    r"""The hyperparameters of an [`Autoencoder`][diffuse_eqx.models.flux.Autoencoder] (diffusers' `AutoencoderKL` names).
+    r"""The hyperparameters of an [`Autoencoder`][diffuse_eqx.models.flux.Autoencoder] (diffusers'
+    `AutoencoderKL` names).
 
-    The defaults are FLUX.1's (see [`AutoencoderConfig.flux`][diffuse_eqx.models.flux.AutoencoderConfig.flux]).
+    The defaults are FLUX.1's (see
+    [`AutoencoderConfig.flux`][diffuse_eqx.models.flux.AutoencoderConfig.flux]).
 
     **Arguments:**
 
@@ -364,8 +366,10 @@ class Autoencoder(eqx.Module):
 
     $$z = s\,(\mu(x) - m), \qquad \hat x = D(z / s + m),$$
 
-    with $s$ = `scaling_factor` (0.3611) and $m$ = `shift_factor` (0.1159). [`Autoencoder.encode`][diffuse_eqx.models.flux.Autoencoder.encode]
-    returns the posterior *mean* (no sampling), [`Autoencoder.decode`][diffuse_eqx.models.flux.Autoencoder.decode] the decoder's output (roughly in
+    with $s$ = `scaling_factor` (0.3611) and $m$ = `shift_factor` (0.1159).
+    [`Autoencoder.encode`][diffuse_eqx.models.flux.Autoencoder.encode]
+    returns the posterior *mean* (no sampling),
+    [`Autoencoder.decode`][diffuse_eqx.models.flux.Autoencoder.decode] the decoder's output (roughly in
     $[-1, 1]$, not clipped). GroupNorm statistics and the attention softmax are computed in float32
     whatever the parameters' dtype.
 
@@ -383,8 +387,10 @@ class Autoencoder(eqx.Module):
 
     **Arguments:**
 
-    - `config`: the [`AutoencoderConfig`][diffuse_eqx.models.flux.AutoencoderConfig] (`AutoencoderConfig.flux()` for FLUX.1).
-    - `key`: the PRNG key for the random initialisation (use [`Autoencoder.from_pretrained`][diffuse_eqx.models.flux.Autoencoder.from_pretrained] for
+    - `config`: the [`AutoencoderConfig`][diffuse_eqx.models.flux.AutoencoderConfig]
+      (`AutoencoderConfig.flux()` for FLUX.1).
+    - `key`: the PRNG key for the random initialisation (use
+      [`Autoencoder.from_pretrained`][diffuse_eqx.models.flux.Autoencoder.from_pretrained] for
       trained weights).
     - `dtype`: the parameters' dtype (float32 or bfloat16).
     """

@@ -147,7 +147,9 @@ class CLIPTextEncoder(eqx.Module):
     **Arguments:**
 
     - `config`: a [`CLIPTextConfig`][diffuse_eqx.models.flux.CLIPTextConfig].
-    - `key`: a JAX random key (random weights; use [`CLIPTextEncoder.from_pretrained`][diffuse_eqx.models.flux.CLIPTextEncoder.from_pretrained] for real ones).
+    - `key`: a JAX random key (random weights; use
+      [`CLIPTextEncoder.from_pretrained`][diffuse_eqx.models.flux.CLIPTextEncoder.from_pretrained] for real
+      ones).
     """
 
     token_embedding: Float[Array, "vocab dim"]

@@ -155,7 +155,8 @@ class T5Encoder(eqx.Module):
     **Arguments:**
 
     - `config`: a [`T5Config`][diffuse_eqx.models.flux.T5Config].
-    - `key`: a JAX random key (random weights; use [`T5Encoder.from_pretrained`][diffuse_eqx.models.flux.T5Encoder.from_pretrained] for real ones).
+    - `key`: a JAX random key (random weights; use
+      [`T5Encoder.from_pretrained`][diffuse_eqx.models.flux.T5Encoder.from_pretrained] for real ones).
     """
 
     embedding: Float[Array, "vocab d_model"]

@@ -2,7 +2,9 @@ r"""The FLUX.1 transformer (Black Forest Labs' `flux/model.py` and `flux/modules
 
 One sample, unbatched (vmap for a batch). Blocks of one kind are stored stacked (every parameter has
 a leading block axis) and run with `jax.lax.scan`, so the compiled program does not grow with depth.
-Parameter names follow BFL's; [`FluxTransformer.from_pretrained`][diffuse_eqx.models.flux.FluxTransformer.from_pretrained] maps both the BFL single files
+Parameter names follow BFL's;
+[`FluxTransformer.from_pretrained`][diffuse_eqx.models.flux.FluxTransformer.from_pretrained] maps both the
+BFL single files
 and the diffusers `transformer/` folders onto them (`_convert_transformer.py`).
 """
 
@@ -26,8 +28,10 @@ _NORM_EPS = 1e-6  # LayerNorm and RMS QK-norm epsilon in FLUX.1
 class FluxTransformerConfig(eqx.Module):
     r"""The architecture of a FLUX.1 transformer (BFL's `FluxParams`).
 
-    The defaults are FLUX.1's; [`FluxTransformerConfig.dev`][diffuse_eqx.models.flux.FluxTransformerConfig.dev] and
-    [`FluxTransformerConfig.schnell`][diffuse_eqx.models.flux.FluxTransformerConfig.schnell] differ only in `guidance_embed`. Small configurations (for
+    The defaults are FLUX.1's;
+    [`FluxTransformerConfig.dev`][diffuse_eqx.models.flux.FluxTransformerConfig.dev] and
+    [`FluxTransformerConfig.schnell`][diffuse_eqx.models.flux.FluxTransformerConfig.schnell] differ only in
+    `guidance_embed`. Small configurations (for
     tests) need `hidden_size / num_heads == sum(axes_dim)` with every axis even.
 
     **Arguments:**
@@ -406,7 +410,8 @@ class FluxTransformer(eqx.Module):
 
     Blocks of one kind are stored stacked and run with `jax.lax.scan` (compile time independent of
     depth); attention is `jax.nn.dot_product_attention`, through cuDNN's fused kernel on NVIDIA GPUs
-    in bf16/fp16. Build one with random weights from a [`FluxTransformerConfig`][diffuse_eqx.models.flux.FluxTransformerConfig], or load a checkpoint with
+    in bf16/fp16. Build one with random weights from a
+    [`FluxTransformerConfig`][diffuse_eqx.models.flux.FluxTransformerConfig], or load a checkpoint with
     [`FluxTransformer.from_pretrained`][diffuse_eqx.models.flux.FluxTransformer.from_pretrained].
 
     ??? cite "Reference"
