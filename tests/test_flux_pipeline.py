@@ -244,3 +244,37 @@ def test_missing_or_offline_checkpoint_is_a_clear_error(tmp_path, monkeypatch):
     (tmp_path / "transformer").mkdir()
     with pytest.raises(FileNotFoundError, match="no vae/ folder"):
         FluxPipeline.from_pretrained(tmp_path)
+
+
+def test_tutorial_example_runs(checkpoint, tmp_path):
+    """examples/flux_tutorial.py on the tiny checkpoint: every part runs and writes its figures."""
+    import importlib.util
+    from pathlib import Path
+
+    root, _ = checkpoint
+    spec = importlib.util.spec_from_file_location(
+        "flux_tutorial", Path(__file__).parents[1] / "examples" / "flux_tutorial.py"
+    )
+    tutorial = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tutorial)
+    out = tmp_path / "tutorial"
+    tutorial.main(
+        [
+            "--model",
+            str(root),
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--steps",
+            "4",
+            "--batch",
+            "3",
+            "--dtype",
+            "float32",
+            "--out",
+            str(out),
+        ]
+    )
+    names = {"timers_schedule.png", "timers.png", "integrators.png", "integrators_crops.png", "batch.png"}
+    assert names <= {p.name for p in out.iterdir()}
