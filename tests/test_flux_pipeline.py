@@ -184,6 +184,14 @@ def test_sampling_loop_matches_diffusers(checkpoint):
     assert image.shape == (3, HEIGHT, WIDTH)
     print(f"decode parity: {rel_err(image, ref_image):.1e}")
     assert rel_err(image, ref_image) <= 1e-4
+    # encoding (for inverse problems): packed, scaled and shifted posterior mean
+    with torch.no_grad():
+        mean = vae.encode(ref_image[None]).latent_dist.mean
+        ref_latents = (mean - vae.config.shift_factor) * vae.config.scaling_factor
+        ref_packed = torch_pipe._pack_latents(ref_latents, 1, mean.shape[1], mean.shape[2], mean.shape[3])[0]
+    packed = ours.encode(jnp.asarray(ref_image.numpy()))
+    print(f"encode parity: {rel_err(packed, ref_packed):.1e}")
+    assert rel_err(packed, ref_packed) <= 1e-4
 
 
 def test_pack_unpack_and_ids(checkpoint):
