@@ -119,22 +119,25 @@ class GaussianMixture(eqx.Module):
         r, prec_diff, _, _ = self._posterior_terms(path, x, t)
         return -(r @ prec_diff)
 
+    def _x0_and_noise(self, path: AbstractPath, x, t):
+        """E[x0 | x_t = x] and E[eps | x_t = x] from one set of posterior terms."""
+        r, prec_diff, a, s = self._posterior_terms(path, x, t)
+        x0 = r @ (self.means + a * jnp.einsum("kij,kj->ki", self.covs, prec_diff))
+        return x0, s * (r @ prec_diff)
+
     def x0(self, path: AbstractPath, x: Float[Array, " d"], t: Time) -> Float[Array, " d"]:
         r"""$\mathbb E[x_0 \mid x_t = x]$."""
-        r, prec_diff, a, _ = self._posterior_terms(path, x, t)
-        return r @ (self.means + a * jnp.einsum("kij,kj->ki", self.covs, prec_diff))
+        return self._x0_and_noise(path, x, t)[0]
 
     def noise(self, path: AbstractPath, x: Float[Array, " d"], t: Time) -> Float[Array, " d"]:
         r"""$\mathbb E[\varepsilon \mid x_t = x]$."""
-        r, prec_diff, _, s = self._posterior_terms(path, x, t)
-        return s * (r @ prec_diff)
+        return self._x0_and_noise(path, x, t)[1]
 
     def velocity(self, path: AbstractPath, x: Float[Array, " d"], t: Time) -> Float[Array, " d"]:
         r"""Probability-flow velocity $\dot\alpha_t\,\mathbb E[x_0\mid x] + \dot\sigma_t\,
         \mathbb E[\varepsilon\mid x]$."""
-        r, prec_diff, a, s = self._posterior_terms(path, x, t)
-        x0 = r @ (self.means + a * jnp.einsum("kij,kj->ki", self.covs, prec_diff))
-        return path.d_alpha(t) * x0 + path.d_sigma(t) * s * (r @ prec_diff)
+        x0, noise = self._x0_and_noise(path, x, t)
+        return path.d_alpha(t) * x0 + path.d_sigma(t) * noise
 
     def network(self, path: AbstractPath, prediction: PredictionType = "velocity"):
         """The exact network of this target for `path` in the parameterization `prediction`, a
