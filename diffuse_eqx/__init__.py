@@ -14,11 +14,31 @@ from ._integrator import (
     Euler as Euler,
     Heun as Heun,
     IntegratorState as IntegratorState,
+    evaluate as evaluate,
+)
+from ._inverse import (
+    MRI as MRI,
+    AbstractLinearOperator as AbstractLinearOperator,
+    AbstractOperator as AbstractOperator,
+    Blur as Blur,
+    Downsampling as Downsampling,
+    Inpainting as Inpainting,
+    LatentOperator as LatentOperator,
+    Matrix as Matrix,
+    box_mask as box_mask,
+    gaussian_kernel as gaussian_kernel,
+    kspace_line_mask as kspace_line_mask,
+    motion_kernel as motion_kernel,
+    random_mask as random_mask,
 )
 from ._metrics import sliced_wasserstein as sliced_wasserstein
 from ._path import EDM as EDM, VP as VP, AbstractPath as AbstractPath, Flow as Flow
 from ._path.edm import VE as VE
-from ._predictor import Prediction as Prediction, Predictor as Predictor
+from ._predictor import (
+    AbstractPredictor as AbstractPredictor,
+    Prediction as Prediction,
+    Predictor as Predictor,
+)
 from ._targets import (
     GaussianMixture as GaussianMixture,
     GaussianMixtureNetwork as GaussianMixtureNetwork,

@@ -11,7 +11,7 @@ from jaxtyping import Array, Float, Int, Shaped
 from ._check import as_numpy, concrete
 from ._custom_types import Grid, Key, Particle
 from ._integrator import AbstractIntegrator
-from ._predictor import Predictor
+from ._predictor import AbstractPredictor
 from ._timer import AbstractTimer
 
 
@@ -32,7 +32,7 @@ class DenoiserOutput(eqx.Module):
 
 def integrate(
     integrator: AbstractIntegrator,
-    predictor: Predictor,
+    predictor: AbstractPredictor,
     ts: Grid,
     x: Particle,
     key: Key,
@@ -44,16 +44,15 @@ def integrate(
     **Returns:** the final particle, the network evaluations made, and the particle at every grid
     time if `keep_history` (else `None`).
     """
-    state = integrator.init(predictor, x, key, ts)
+    state = integrator.init(predictor, x, key, ts).replace(guidance=predictor.init(x), nfe=0)
 
-    def body(carry, t_pair):
-        state, n = carry
-        state, n_step = integrator.step(predictor, state, t_pair[0], t_pair[1])
-        return (state, n + n_step), state.position if keep_history else None
+    def body(state, t_pair):
+        state = integrator.step(predictor, state, t_pair[0], t_pair[1])
+        return state, state.position if keep_history else None
 
-    (state, n), positions = lax.scan(body, (state, jnp.asarray(0, jnp.int32)), (ts[:-1], ts[1:]))
+    state, positions = lax.scan(body, state, (ts[:-1], ts[1:]))
     history = jnp.concatenate([x[None], positions]) if keep_history else None
-    return state.position, n, history
+    return state.position, state.nfe, history
 
 
 def particle_keys(key: Key, n_particles: int) -> Shaped[Array, " n_particles *key"]:
@@ -72,21 +71,22 @@ class Denoiser(eqx.Module):
 
     **Arguments:**
 
-    - `predictor`: the [`Predictor`][diffuse_eqx.Predictor] (network + path + parameterization).
+    - `predictor`: the [`Predictor`][diffuse_eqx.Predictor] (network + path + parameterization), or
+      any [`AbstractPredictor`][diffuse_eqx.AbstractPredictor] (guidance, posterior samplers).
     - `integrator`: any [`AbstractIntegrator`][diffuse_eqx.AbstractIntegrator].
     - `timer`: any [`AbstractTimer`][diffuse_eqx.AbstractTimer]; it alone holds `n_steps`.
     - `x0_shape`: the shape of one sample.
     - `dtype`: the dtype of the particles (default: JAX's default float).
     """
 
-    predictor: Predictor
+    predictor: AbstractPredictor
     integrator: AbstractIntegrator
     timer: AbstractTimer
     x0_shape: tuple[int, ...] = eqx.field(static=True, converter=tuple)
     dtype: Any = eqx.field(default=None, static=True)
 
     def __check_init__(self):
-        if not isinstance(self.predictor, Predictor):
+        if not isinstance(self.predictor, AbstractPredictor):
             raise TypeError(f"Denoiser predictor must be a Predictor; got {type(self.predictor)}.")
         if not isinstance(self.integrator, AbstractIntegrator):
             raise TypeError(
@@ -105,9 +105,10 @@ class Denoiser(eqx.Module):
                 f"The timer starts at t={t0}, beyond the path's t_max={path.t_max}: the grid must "
                 f"lie in [0, t_max] of {type(path).__name__}."
             )
-        if self.predictor.prediction in ("noise", "score") and float(path.alpha(t0)) == 0:
+        prediction = getattr(self.predictor, "prediction", None)
+        if prediction in ("noise", "score") and float(path.alpha(t0)) == 0:
             raise ValueError(
-                f"The timer starts at t={t0}, where alpha(t) = 0: a {self.predictor.prediction!r} "
+                f"The timer starts at t={t0}, where alpha(t) = 0: a {prediction!r} "
                 "network carries no information about x0 there. Start the grid below t_max, or "
                 "use a velocity or x0 network."
             )

@@ -1,10 +1,12 @@
+import abc
 from collections.abc import Callable
 from typing import Literal
 
 import equinox as eqx
 import jax.numpy as jnp
+from jaxtyping import PyTree
 
-from ._custom_types import Particle, Time
+from ._custom_types import NFE, Particle, Time
 from ._path import AbstractPath
 
 
@@ -18,8 +20,63 @@ class Prediction(eqx.Module):
     x0: Particle
     noise: Particle
 
+    def velocity(self, path: AbstractPath, t: Time) -> Particle:
+        r"""The probability-flow velocity $\dot\alpha_t \hat x_0 + \dot\sigma_t \hat\varepsilon$."""
+        t = jnp.asarray(t)
+        return (path.d_alpha(t) * self.x0 + path.d_sigma(t) * self.noise).astype(self.x0.dtype)
 
-class Predictor(eqx.Module):
+    def score(self, path: AbstractPath, t: Time) -> Particle:
+        r"""The score $-\hat\varepsilon / \sigma_t$."""
+        return (-self.noise / path.sigma(jnp.asarray(t))).astype(self.noise.dtype)
+
+
+class AbstractPredictor(eqx.Module):
+    r"""What integrators evaluate: at a point $(x, t)$, the pair $(\hat x_0, \hat\varepsilon)$.
+
+    A plain [`Predictor`][diffuse_eqx.Predictor] wraps one network. Guidance and posterior
+    samplers are predictors too: they wrap other predictors and combine their outputs, so any
+    integrator runs them unchanged. A predictor may carry a *state* from one evaluation to the next
+    (APG's momentum): [`init`][diffuse_eqx.AbstractPredictor.init] gives it, and
+    [`evaluate`][diffuse_eqx.AbstractPredictor.evaluate] takes and returns it; integrators thread it
+    through `lax.scan` in [`IntegratorState`][diffuse_eqx.IntegratorState], with the count of
+    network evaluations each call cost.
+    """
+
+    path: eqx.AbstractVar[AbstractPath]
+
+    @abc.abstractmethod
+    def evaluate(self, x: Particle, t: Time, state: PyTree) -> tuple[Prediction, PyTree, NFE]:
+        """One evaluation at `(x, t)` with the carried `state`.
+
+        **Returns:** the (x0, noise) [`Prediction`][diffuse_eqx.Prediction], the new state, and the
+        network evaluations it cost."""
+
+    def init(self, x: Particle) -> PyTree:
+        """The state before the first evaluation (`None` for stateless predictors)."""
+        return None
+
+    def predict(self, x: Particle, t: Time) -> Prediction:
+        """One evaluation from the initial state (for stateless use)."""
+        return self.evaluate(x, t, self.init(x))[0]
+
+    def x0(self, x: Particle, t: Time) -> Particle:
+        r"""Denoised estimate $\hat x_0(x, t) = \mathbb E[x_0 \mid x_t = x]$."""
+        return self.predict(x, t).x0
+
+    def noise(self, x: Particle, t: Time) -> Particle:
+        r"""Noise estimate $\hat\varepsilon(x, t)$."""
+        return self.predict(x, t).noise
+
+    def score(self, x: Particle, t: Time) -> Particle:
+        r"""Score $\nabla_x \log p_t(x) = -\hat\varepsilon / \sigma(t)$."""
+        return self.predict(x, t).score(self.path, t)
+
+    def velocity(self, x: Particle, t: Time) -> Particle:
+        r"""Probability-flow velocity $v = \dot\alpha \hat x_0 + \dot\sigma \hat\varepsilon$."""
+        return self.predict(x, t).velocity(self.path, t)
+
+
+class Predictor(AbstractPredictor):
     r"""Wraps a network and the path it was trained on; converts its output to any parameterization.
 
     For $x = \alpha x_0 + \sigma\varepsilon$ and $v = \dot\alpha x_0 + \dot\sigma \varepsilon$ the
@@ -57,6 +114,10 @@ class Predictor(eqx.Module):
         if not callable(self.network):
             raise TypeError(f"Predictor network must be callable as network(x, t); got {self.network!r}.")
 
+    def evaluate(self, x: Particle, t: Time, state: PyTree) -> tuple[Prediction, PyTree, NFE]:
+        """Evaluates the network once: its (x0, noise) pair, the unchanged state, and 1."""
+        return self.predict(x, t), state, jnp.asarray(1, jnp.int32)
+
     def predict(self, x: Particle, t: Time) -> Prediction:
         """Evaluates the network once and returns its (x0, noise) pair."""
         return self.convert(x, t, self._network(x, t))
@@ -85,24 +146,15 @@ class Predictor(eqx.Module):
             x0 = jnp.where(s == 0, x / a, x0)
         return Prediction(x0=x0.astype(x.dtype), noise=noise.astype(x.dtype))
 
-    def x0(self, x: Particle, t: Time) -> Particle:
-        r"""Denoised estimate $\hat x_0(x, t) = \mathbb E[x_0 \mid x_t = x]$."""
-        return self.predict(x, t).x0
-
-    def noise(self, x: Particle, t: Time) -> Particle:
-        r"""Noise estimate $\hat\varepsilon(x, t)$."""
-        return self.predict(x, t).noise
-
     def score(self, x: Particle, t: Time) -> Particle:
-        r"""Score $\nabla_x \log p_t(x) = -\hat\varepsilon / \sigma(t)$."""
+        r"""Score $\nabla_x \log p_t(x) = -\hat\varepsilon / \sigma(t)$ (a score network's raw output)."""
         if self.prediction == "score":
             return self._network(x, t)
-        return (-self.predict(x, t).noise / self.path.sigma(jnp.asarray(t))).astype(x.dtype)
+        return super().score(x, t)
 
     def velocity(self, x: Particle, t: Time) -> Particle:
-        r"""Probability-flow velocity $v = \dot\alpha \hat x_0 + \dot\sigma \hat\varepsilon$."""
-        t = jnp.asarray(t)
+        r"""Probability-flow velocity $v = \dot\alpha \hat x_0 + \dot\sigma \hat\varepsilon$ (a velocity
+        network's raw output)."""
         if self.prediction == "velocity":
-            return self._network(x, t)
-        pred = self.predict(x, t)
-        return (self.path.d_alpha(t) * pred.x0 + self.path.d_sigma(t) * pred.noise).astype(x.dtype)
+            return self._network(x, jnp.asarray(t))
+        return super().velocity(x, t)

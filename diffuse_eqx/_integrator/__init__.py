@@ -1,4 +1,9 @@
-from .base import AbstractIntegrator as AbstractIntegrator, IntegratorState as IntegratorState
+from .base import (
+    AbstractIntegrator as AbstractIntegrator,
+    IntegratorState as IntegratorState,
+    data_step as data_step,
+    evaluate as evaluate,
+)
 from .ddim import DDIM as DDIM
 from .dpmpp_2m import DPMpp2M as DPMpp2M
 from .dpmpp_2s import DPMpp2S as DPMpp2S

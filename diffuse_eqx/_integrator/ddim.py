@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from .._check import concrete
-from .._custom_types import NFE, Grid, Key, Particle, Time
-from .._predictor import Predictor
-from .base import AbstractIntegrator, IntegratorState, nfe
+from .._custom_types import Grid, Key, Particle, Time
+from .._predictor import AbstractPredictor
+from .base import AbstractIntegrator, IntegratorState, evaluate
 
 
 class DDIM(AbstractIntegrator):
@@ -43,14 +43,14 @@ class DDIM(AbstractIntegrator):
         if concrete(self.eta) and not 0 <= self.eta <= 1:
             raise ValueError(f"DDIM eta must be in [0, 1]; got eta={self.eta}.")
 
-    def init(self, predictor: Predictor, x: Particle, key: Key, ts: Grid) -> IntegratorState:
+    def init(self, predictor: AbstractPredictor, x: Particle, key: Key, ts: Grid) -> IntegratorState:
         return IntegratorState(x, key)
 
     def step(
-        self, predictor: Predictor, state: IntegratorState, t: Time, t_next: Time
-    ) -> tuple[IntegratorState, NFE]:
+        self, predictor: AbstractPredictor, state: IntegratorState, t: Time, t_next: Time
+    ) -> IntegratorState:
         x, path = state.position, predictor.path
-        pred = predictor.predict(x, t)
+        pred, state = evaluate(predictor, state, x, t)
         a_t, s_t = path.alpha(t), path.sigma(t)
         a_s, s_s = path.alpha(t_next), path.sigma(t_next)
         one_minus_ratio2 = 1 - ((a_t * s_s) / (a_s * s_t)) ** 2  # 1 - e^{-2h}
@@ -59,4 +59,4 @@ class DDIM(AbstractIntegrator):
         noise = jnp.sqrt(1 - self.eta**2 * one_minus_ratio2) * pred.noise
         noise = noise + self.eta * jnp.sqrt(one_minus_ratio2) * z
         x_next = a_s * pred.x0 + s_s * noise
-        return IntegratorState(x_next.astype(x.dtype), key), nfe(1)
+        return state.replace(position=x_next.astype(x.dtype), key=key)

@@ -2,9 +2,9 @@ from typing import ClassVar
 
 import jax.numpy as jnp
 
-from .._custom_types import NFE, Grid, Key, Particle, Time
-from .._predictor import Predictor
-from .base import AbstractIntegrator, IntegratorState, data_step, nfe
+from .._custom_types import Grid, Key, Particle, Time
+from .._predictor import AbstractPredictor
+from .base import AbstractIntegrator, IntegratorState, data_step, evaluate
 
 
 class DPMpp2M(AbstractIntegrator):
@@ -33,16 +33,17 @@ class DPMpp2M(AbstractIntegrator):
     order: ClassVar[int] = 2
     nfe_per_step: ClassVar[int] = 1
 
-    def init(self, predictor: Predictor, x: Particle, key: Key, ts: Grid) -> IntegratorState:
+    def init(self, predictor: AbstractPredictor, x: Particle, key: Key, ts: Grid) -> IntegratorState:
         memory = (jnp.zeros_like(x), jnp.zeros((), ts.dtype), jnp.asarray(False))
         return IntegratorState(x, key, memory)
 
     def step(
-        self, predictor: Predictor, state: IntegratorState, t: Time, t_next: Time
-    ) -> tuple[IntegratorState, NFE]:
+        self, predictor: AbstractPredictor, state: IntegratorState, t: Time, t_next: Time
+    ) -> IntegratorState:
         x, path = state.position, predictor.path
         x0_prev, lam_prev, has_prev = state.memory
-        x0_t = predictor.x0(x, t)
+        pred, state = evaluate(predictor, state, x, t)
+        x0_t = pred.x0
         lam_t, lam_s = path.lambda_(t), path.lambda_(t_next)
         h, h_prev = lam_s - lam_t, lam_t - lam_prev
         use_history = has_prev & jnp.isfinite(h)
@@ -50,4 +51,4 @@ class DPMpp2M(AbstractIntegrator):
         d = x0_t + half_inv_r * (x0_t - x0_prev)
         x_next = data_step(path, x, t, t_next, d)
         memory = (x0_t, lam_t.astype(lam_prev.dtype), jnp.asarray(True))
-        return IntegratorState(x_next, state.key, memory), nfe(1)
+        return state.replace(position=x_next, memory=memory)

@@ -3,9 +3,9 @@ from typing import ClassVar
 import jax.lax as lax
 import jax.numpy as jnp
 
-from .._custom_types import NFE, Grid, Key, Particle, Time
-from .._predictor import Predictor
-from .base import AbstractIntegrator, IntegratorState, data_step, nfe
+from .._custom_types import Grid, Key, Particle, Time
+from .._predictor import AbstractPredictor
+from .base import AbstractIntegrator, IntegratorState, data_step, evaluate
 
 
 class DPMpp2S(AbstractIntegrator):
@@ -35,24 +35,24 @@ class DPMpp2S(AbstractIntegrator):
     order: ClassVar[int] = 2
     nfe_per_step: ClassVar[int] = 2
 
-    def init(self, predictor: Predictor, x: Particle, key: Key, ts: Grid) -> IntegratorState:
+    def init(self, predictor: AbstractPredictor, x: Particle, key: Key, ts: Grid) -> IntegratorState:
         return IntegratorState(x, key)
 
     def step(
-        self, predictor: Predictor, state: IntegratorState, t: Time, t_next: Time
-    ) -> tuple[IntegratorState, NFE]:
+        self, predictor: AbstractPredictor, state: IntegratorState, t: Time, t_next: Time
+    ) -> IntegratorState:
         x, path = state.position, predictor.path
-        x0_t = predictor.x0(x, t)
+        pred, state = evaluate(predictor, state, x, t)
+        x0_t = pred.x0
         lam_t, lam_s = path.lambda_(t), path.lambda_(t_next)
 
-        def midpoint(_):
+        def midpoint(state):
             u = path.t_from_lambda((lam_t + lam_s) / 2)
-            x0_u = predictor.x0(data_step(path, x, t, u, x0_t), u)
-            return data_step(path, x, t, t_next, x0_u), nfe(2)
+            pred_u, state = evaluate(predictor, state, data_step(path, x, t, u, x0_t), u)
+            return state.replace(position=data_step(path, x, t, t_next, pred_u.x0))
 
-        def first_order(_):
-            return data_step(path, x, t, t_next, x0_t), nfe(1)
+        def first_order(state):
+            return state.replace(position=data_step(path, x, t, t_next, x0_t))
 
         finite = jnp.isfinite(lam_t) & jnp.isfinite(lam_s)
-        x_next, n = lax.cond(finite, midpoint, first_order, None)
-        return IntegratorState(x_next, state.key), n
+        return lax.cond(finite, midpoint, first_order, state)

@@ -1,8 +1,8 @@
 from typing import ClassVar
 
-from .._custom_types import NFE, Grid, Key, Particle, Time
-from .._predictor import Predictor
-from .base import AbstractIntegrator, IntegratorState, nfe
+from .._custom_types import Grid, Key, Particle, Time
+from .._predictor import AbstractPredictor
+from .base import AbstractIntegrator, IntegratorState, evaluate
 
 
 class Euler(AbstractIntegrator):
@@ -16,12 +16,13 @@ class Euler(AbstractIntegrator):
     order: ClassVar[int] = 1
     nfe_per_step: ClassVar[int] = 1
 
-    def init(self, predictor: Predictor, x: Particle, key: Key, ts: Grid) -> IntegratorState:
+    def init(self, predictor: AbstractPredictor, x: Particle, key: Key, ts: Grid) -> IntegratorState:
         return IntegratorState(x, key)
 
     def step(
-        self, predictor: Predictor, state: IntegratorState, t: Time, t_next: Time
-    ) -> tuple[IntegratorState, NFE]:
+        self, predictor: AbstractPredictor, state: IntegratorState, t: Time, t_next: Time
+    ) -> IntegratorState:
         x = state.position
-        x = x + (t_next - t) * predictor.velocity(x, t)
-        return IntegratorState(x.astype(state.position.dtype), state.key), nfe(1)
+        pred, state = evaluate(predictor, state, x, t)
+        x_next = x + (t_next - t) * pred.velocity(predictor.path, t)
+        return state.replace(position=x_next.astype(x.dtype))

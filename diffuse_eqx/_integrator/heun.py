@@ -2,9 +2,9 @@ from typing import ClassVar
 
 import jax.lax as lax
 
-from .._custom_types import NFE, Grid, Key, Particle, Time
-from .._predictor import Predictor
-from .base import AbstractIntegrator, IntegratorState, nfe
+from .._custom_types import Grid, Key, Particle, Time
+from .._predictor import AbstractPredictor
+from .base import AbstractIntegrator, IntegratorState, evaluate
 
 
 class Heun(AbstractIntegrator):
@@ -20,18 +20,20 @@ class Heun(AbstractIntegrator):
     order: ClassVar[int] = 2
     nfe_per_step: ClassVar[int] = 2
 
-    def init(self, predictor: Predictor, x: Particle, key: Key, ts: Grid) -> IntegratorState:
+    def init(self, predictor: AbstractPredictor, x: Particle, key: Key, ts: Grid) -> IntegratorState:
         return IntegratorState(x, key)
 
     def step(
-        self, predictor: Predictor, state: IntegratorState, t: Time, t_next: Time
-    ) -> tuple[IntegratorState, NFE]:
-        x, h = state.position, t_next - t
-        v = predictor.velocity(x, t)
+        self, predictor: AbstractPredictor, state: IntegratorState, t: Time, t_next: Time
+    ) -> IntegratorState:
+        x, h, path = state.position, t_next - t, predictor.path
+        pred, state = evaluate(predictor, state, x, t)
+        v = pred.velocity(path, t)
         x_euler = (x + h * v).astype(x.dtype)
 
-        def correct(_):
-            return (x + (h / 2) * (v + predictor.velocity(x_euler, t_next))).astype(x.dtype), nfe(2)
+        def correct(state):
+            pred_next, state = evaluate(predictor, state, x_euler, t_next)
+            v_next = pred_next.velocity(path, t_next)
+            return state.replace(position=(x + (h / 2) * (v + v_next)).astype(x.dtype))
 
-        x_next, n = lax.cond(t_next == 0, lambda _: (x_euler, nfe(1)), correct, None)
-        return IntegratorState(x_next, state.key), n
+        return lax.cond(t_next == 0, lambda state: state.replace(position=x_euler), correct, state)
