@@ -44,7 +44,8 @@ def integrate(
     **Returns:** the final particle, the network evaluations made, and the particle at every grid
     time if `keep_history` (else `None`).
     """
-    state = integrator.init(predictor, x, key, ts).replace(guidance=predictor.init(x), nfe=0)
+    state = integrator.init(predictor, x, key, ts)
+    state = state.replace(guidance=predictor.init(x), nfe=0, x0=jnp.zeros_like(x))
 
     def body(state, t_pair):
         state = integrator.step(predictor, state, t_pair[0], t_pair[1])

@@ -22,6 +22,8 @@ class IntegratorState(eqx.Module):
     - `memory`: integrator-specific values (multistep history), or `None`.
     - `guidance`: the predictor's state (e.g. APG momentum), threaded by [`evaluate`][diffuse_eqx.evaluate].
     - `nfe`: network evaluations made so far, counted by [`evaluate`][diffuse_eqx.evaluate].
+    - `x0`: the latest data estimate $\hat x_0$, recorded by [`evaluate`][diffuse_eqx.evaluate]
+      (for previews and callbacks), or `None` before the integration starts.
     """
 
     position: Particle
@@ -29,6 +31,7 @@ class IntegratorState(eqx.Module):
     memory: PyTree = None
     guidance: PyTree = None
     nfe: NFE = eqx.field(default=0, converter=_int32)
+    x0: Particle | None = None
 
     def replace(self, **changes) -> "IntegratorState":
         """A copy with some fields changed (`state.replace(position=x_next)`)."""
@@ -42,7 +45,7 @@ def evaluate(
     with the predictor's state updated and the evaluations added to `state.nfe`. Integrators call
     the predictor only through this, so NFE are counted where they are spent."""
     pred, guidance, n = predictor.evaluate(x, jnp.asarray(t), state.guidance)
-    return pred, state.replace(guidance=guidance, nfe=state.nfe + n)
+    return pred, state.replace(guidance=guidance, nfe=state.nfe + n, x0=pred.x0)
 
 
 class AbstractIntegrator(eqx.Module):
