@@ -14,6 +14,7 @@ from ._integrator import (
     Euler as Euler,
     Heun as Heun,
     IntegratorState as IntegratorState,
+    data_step as data_step,
     evaluate as evaluate,
 )
 from ._inverse import (

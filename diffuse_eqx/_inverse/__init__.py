@@ -1,0 +1,15 @@
+from .operators import (
+    MRI as MRI,
+    AbstractLinearOperator as AbstractLinearOperator,
+    AbstractOperator as AbstractOperator,
+    Blur as Blur,
+    Downsampling as Downsampling,
+    Inpainting as Inpainting,
+    LatentOperator as LatentOperator,
+    Matrix as Matrix,
+    box_mask as box_mask,
+    gaussian_kernel as gaussian_kernel,
+    kspace_line_mask as kspace_line_mask,
+    motion_kernel as motion_kernel,
+    random_mask as random_mask,
+)
