@@ -15,7 +15,7 @@ def _int32(n) -> NFE:
 
 
 class IntegratorState(eqx.Module):
-    """What an integrator carries from one step to the next through `lax.scan`.
+    r"""What an integrator carries from one step to the next through `lax.scan`.
 
     - `position`: the current particle $x_t$.
     - `key`: this particle's PRNG key, split by stochastic integrators at each step (never reused).
