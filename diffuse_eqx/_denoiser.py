@@ -1,3 +1,6 @@
+import itertools
+import math
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -6,11 +9,13 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import tqdm
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec, Sharding
 from jaxtyping import Array, Float, Int, Shaped
 
 from ._check import as_numpy, concrete
 from ._custom_types import Grid, Key, Particle
-from ._integrator import AbstractIntegrator
+from ._integrator import AbstractIntegrator, IntegratorState
 from ._predictor import AbstractPredictor
 from ._timer import AbstractTimer
 
@@ -30,6 +35,13 @@ class DenoiserOutput(eqx.Module):
     history: Float[Array, " n_steps_plus_one n_particles *shape"] | None = None
 
 
+def _initial_state(
+    integrator: AbstractIntegrator, predictor: AbstractPredictor, ts: Grid, x: Particle, key: Key
+) -> IntegratorState:
+    state = integrator.init(predictor, x, key, ts)
+    return state.replace(guidance=predictor.init(x), nfe=0, x0=jnp.zeros_like(x))
+
+
 def integrate(
     integrator: AbstractIntegrator,
     predictor: AbstractPredictor,
@@ -44,8 +56,7 @@ def integrate(
     **Returns:** the final particle, the network evaluations made, and the particle at every grid
     time if `keep_history` (else `None`).
     """
-    state = integrator.init(predictor, x, key, ts)
-    state = state.replace(guidance=predictor.init(x), nfe=0, x0=jnp.zeros_like(x))
+    state = _initial_state(integrator, predictor, ts, x, key)
 
     def body(state, t_pair):
         state = integrator.step(predictor, state, t_pair[0], t_pair[1])
@@ -114,14 +125,59 @@ class Denoiser(eqx.Module):
                 "use a velocity or x0 network."
             )
 
-    def generate(self, key: Key, n_particles: int, keep_history: bool = False) -> DenoiserOutput:
+    def generate(
+        self,
+        key: Key,
+        n_particles: int,
+        keep_history: bool = False,
+        *,
+        batch_size: int | None = None,
+        sharding: Sharding | Mesh | None = None,
+        callback: Callable[[int, float, np.ndarray, np.ndarray], object] | None = None,
+        progress: bool = False,
+    ) -> DenoiserOutput:
         """Draws `n_particles` samples.
+
+        The program is a `lax.scan` over the grid whose body steps the whole batch of particles
+        (`vmap`, or `lax.map` in chunks of `batch_size`), so a `callback` sees every particle once
+        per step. Neither `batch_size`, `sharding` nor `callback` changes the samples: particle
+        $i$ is computed from its own key, `fold_in(key, i)`, by the same per-particle program.
 
         **Arguments:**
 
         - `key`: a JAX PRNG key.
         - `n_particles`: how many samples.
         - `keep_history`: also return the particles at every grid time.
+        - `batch_size`: `None` (default) steps all particles at once (`vmap`); a positive int
+          steps them in chunks of at most `batch_size` particles, one chunk after the other
+          (`jax.lax.map(..., batch_size=batch_size)`), so that the memory of one network
+          evaluation is that of `batch_size` particles, not `n_particles` (the particles
+          themselves, and the history if kept, are still all held). `n_particles` need not be a
+          multiple of `batch_size`: the remainder is one smaller chunk. With `sharding`, the
+          chunks are taken on each device: `batch_size` particles per device at a time.
+        - `sharding`: `None` (default: one device), or how to spread the particles over
+          devices: a `jax.sharding.NamedSharding` whose `PartitionSpec` shards the first
+          (particle) axis only, e.g. `NamedSharding(mesh, PartitionSpec("particles"))`, or a
+          `jax.sharding.Mesh`, whose first axis then shards the particles. The particles' keys
+          are placed with this sharding, each device integrates its own particles, and
+          `samples` (and `history`, along its particle axis) come back sharded the same way.
+          A mesh's Explicit axes (the default of `jax.make_mesh`) are used as Auto axes, so
+          that the network need not define sharding rules; the devices and axes are the same.
+          `n_particles` must be a multiple of the number of shards (a clear `ValueError`
+          otherwise; nothing is padded).
+        - `callback`: `None` (default), or a function `callback(step, t, x, x0)` called on the
+          host after each step with the step index `step` (`0` to `n_steps - 1`), the time
+          `t = ts[step + 1]` reached by that step, the particles `x` after the step
+          (`history[step + 1]`) and their latest data estimate `x0`
+          ([`IntegratorState.x0`][diffuse_eqx.IntegratorState]), both NumPy arrays of shape
+          `(n_particles, *x0_shape)`, gathered from all devices; for live previews and logging.
+          Its return value is ignored; an exception it raises comes out of `generate` as a JAX
+          runtime error. `generate` returns after the last call. A new callback does not
+          recompile the program.
+        - `progress`: show a `tqdm` progress bar advanced once per step.
+
+        When neither `callback` nor `progress` is given no host callback is compiled into the
+        program; with one, the samples are the same, bit for bit.
 
         **Returns:** a [`DenoiserOutput`][diffuse_eqx.DenoiserOutput].
         """
@@ -129,21 +185,144 @@ class Denoiser(eqx.Module):
             raise TypeError(f"n_particles must be an int; got {n_particles!r}.")
         if n_particles < 1:
             raise ValueError(f"n_particles must be >= 1; got {n_particles}.")
-        return _generate(self, key, int(n_particles), bool(keep_history))
+        n_particles = int(n_particles)
+        if batch_size is not None:
+            if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
+                raise TypeError(f"batch_size must be a positive int or None; got {batch_size!r}.")
+            if batch_size < 1:
+                raise ValueError(
+                    f"batch_size must be a positive int (particles per chunk) or None (all at "
+                    f"once); got {batch_size}."
+                )
+            batch_size = int(batch_size)
+        sharding, n_shards = _particle_sharding(sharding)
+        if n_particles % n_shards:
+            below = n_particles // n_shards * n_shards
+            raise ValueError(
+                f"n_particles={n_particles} is not a multiple of the {n_shards} shards of `sharding`: "
+                f"use a multiple of {n_shards} (e.g. {below or n_shards} or {below + n_shards})."
+            )
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be a function callback(step, t, x, x0); got {callback!r}.")
+        config = (n_particles, bool(keep_history), batch_size, sharding)
+        if callback is None and not progress:
+            return _generate(self, key, None, *config)[0]
+
+        bar = tqdm.tqdm(total=int(self.timer.n_steps), unit="step", desc="generate") if progress else None
+
+        def on_step(step, t, x, x0):
+            if callback is not None:
+                callback(step, t, x, x0)
+            if bar is not None:
+                bar.update(1)
+
+        call_id = next(_call_ids) % 2**31
+        _host_calls[call_id] = on_step
+        try:
+            out, _ = jax.block_until_ready(_generate(self, key, jnp.asarray(call_id, jnp.int32), *config))
+            jax.effects_barrier()  # every host callback of this call has run
+        finally:
+            del _host_calls[call_id]
+            if bar is not None:
+                bar.close()
+        return out
+
+
+def _particle_sharding(sharding) -> tuple[NamedSharding | None, int]:
+    """The `NamedSharding` of the particle axis and its number of shards."""
+    if sharding is None:
+        return None, 1
+    if isinstance(sharding, Mesh):
+        sharding = NamedSharding(sharding, PartitionSpec(sharding.axis_names[0]))
+    if not isinstance(sharding, NamedSharding):
+        raise TypeError(
+            "sharding must be None, a jax.sharding.Mesh or a jax.sharding.NamedSharding such as "
+            f"NamedSharding(mesh, PartitionSpec('particles')); got {sharding!r}."
+        )
+    spec = tuple(sharding.spec)
+    if any(axis is not None for axis in spec[1:]):
+        raise ValueError(
+            f"sharding must shard the particle axis only (the first); got PartitionSpec{spec}. "
+            f"Use PartitionSpec({spec[0]!r})."
+        )
+    axes = () if not spec or spec[0] is None else spec[0]
+    axes = (axes,) if isinstance(axes, str) else tuple(axes)
+    mesh = sharding.mesh
+    if not mesh.are_all_axes_auto:
+        # Explicit axes (`jax.make_mesh`'s default) would ask every op of the network for a
+        # sharding rule; the particles are independent, so automatic propagation is exact
+        mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+        sharding = NamedSharding(mesh, sharding.spec, memory_kind=sharding.memory_kind)
+    return sharding, math.prod(mesh.shape[a] for a in axes)
+
+
+# Host callbacks of the calls in progress, by call id. The id is a traced argument of `_generate`,
+# so a new callback (a new lambda, a new progress bar) does not recompile the program.
+_host_calls: dict[int, Callable] = {}
+_call_ids = itertools.count()
+
+
+def _on_step(call_id, step, t, x, x0) -> None:
+    fn = _host_calls.get(int(call_id))
+    if fn is not None:
+        fn(int(step), float(t), np.asarray(x), np.asarray(x0))
 
 
 @eqx.filter_jit
-def _generate(denoiser: Denoiser, key: Key, n_particles: int, keep_history: bool) -> DenoiserOutput:
+def _generate(
+    denoiser: Denoiser,
+    key: Key,
+    call_id: Int[Array, ""] | None,
+    n_particles: int,
+    keep_history: bool,
+    batch_size: int | None,
+    sharding: NamedSharding | None,
+) -> tuple[DenoiserOutput, Float[Array, " n_particles *shape"]]:
     ts = denoiser.timer.times()
     dtype = denoiser.dtype or jnp.result_type(float)
     std = denoiser.predictor.path.prior_std(ts[0])
+    integrator, predictor = denoiser.integrator, denoiser.predictor
+    groups = 1 if sharding is None else _particle_sharding(sharding)[1]
 
-    def one(k):
+    def place(tree, spec_prefix=(), replicate=False):
+        if sharding is None:
+            return tree
+        spec = PartitionSpec() if replicate else PartitionSpec(*spec_prefix, *sharding.spec)
+        where = NamedSharding(sharding.mesh, spec)
+        return jax.tree.map(lambda a: lax.with_sharding_constraint(a, where), tree)
+
+    def batched(fn, tree):
+        """`fn` (one particle) over the particles of `tree`: vmap, or chunks of `batch_size`."""
+        if batch_size is None:
+            return place(jax.vmap(fn)(tree))
+        # (n,) -> (groups, n / groups): one group per shard, chunked on its own device
+        tree = place(jax.tree.map(lambda a: a.reshape(groups, -1, *a.shape[1:]), tree))
+        tree = jax.vmap(lambda g: lax.map(fn, g, batch_size=batch_size))(tree)
+        return place(jax.tree.map(lambda a: a.reshape(n_particles, *a.shape[2:]), tree))
+
+    def init(k):
         k_init, k_run = jr.split(k)
         x = (std * jr.normal(k_init, denoiser.x0_shape, dtype)).astype(dtype)
-        return integrate(denoiser.integrator, denoiser.predictor, ts, x, k_run, keep_history)
+        return _initial_state(integrator, predictor, ts, x, k_run)
 
-    samples, nfe, history = jax.vmap(one)(particle_keys(key, n_particles))
-    if keep_history:
-        history = jnp.swapaxes(history, 0, 1)
-    return DenoiserOutput(samples=samples, nfe=jnp.max(nfe), history=history)
+    state = batched(init, place(particle_keys(key, n_particles)))
+    x_init = state.position
+
+    def body(state, xs):
+        i, t, t_next = xs
+        state = batched(lambda s: integrator.step(predictor, s, t, t_next), state)
+        # fences the step off from what reads it, so that a callback cannot change how XLA fuses
+        # (and rounds) the step: the samples are the same, bit for bit, with or without one
+        state = lax.optimization_barrier(state)
+        if call_id is not None:  # gathered (replicated) first: the host sees the whole batch
+            x, x0 = place((state.position, state.x0), replicate=True)
+            jax.debug.callback(_on_step, call_id, i, t_next, x, x0)
+        return state, state.position if keep_history else None
+
+    n_steps = ts.shape[0] - 1
+    state, positions = lax.scan(body, state, (jnp.arange(n_steps), ts[:-1], ts[1:]))
+    history = place(jnp.concatenate([x_init[None], positions]), (None,)) if keep_history else None
+    out = DenoiserOutput(samples=state.position, nfe=jnp.max(state.nfe), history=history)
+    # the last x0 estimate is returned (and dropped by `generate`) so that XLA computes and carries
+    # x0 at every step with or without a callback reading it: the same fusions, the same rounding
+    return out, state.x0
