@@ -6,6 +6,16 @@ from ._denoiser import (
     integrate as integrate,
     particle_keys as particle_keys,
 )
+from ._guidance import (
+    APG as APG,
+    CFG as CFG,
+    AbstractConditional as AbstractConditional,
+    AutoGuidance as AutoGuidance,
+    CFGPlusPlus as CFGPlusPlus,
+    ConditionalNetwork as ConditionalNetwork,
+    GuidanceInterval as GuidanceInterval,
+    PredictorPair as PredictorPair,
+)
 from ._integrator import (
     DDIM as DDIM,
     AbstractIntegrator as AbstractIntegrator,

@@ -3,7 +3,8 @@
 ```
 diffuse-eqx demo [--out DIR] [--particles N] [--batch-particles N] [--seed S] [--quick]
 diffuse-eqx generate --model REPO_OR_DIR --prompt TEXT [--height H] [--width W] [--steps N]
-                     [--timer T] [--integrator I] [--n N] [--seed S] [--guidance G] [--dtype D] [--out DIR]
+                     [--timer T] [--integrator I] [--n N] [--seed S] [--guidance G]
+                     [--negative-prompt TEXT --true-cfg W] [--dtype D] [--out DIR] [--progress]
 ```
 """
 
@@ -74,8 +75,17 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--n", type=int, default=1, help="images (particles) to draw")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--guidance", type=float, default=3.5, help="distilled guidance (dev only)")
+    gen.add_argument("--negative-prompt", default=None, metavar="TEXT", help="prompt to guide away from")
+    gen.add_argument(
+        "--true-cfg",
+        type=float,
+        default=1.0,
+        metavar="W",
+        help="true CFG scale between --prompt and --negative-prompt (default 1: off; 2 NFE per call)",
+    )
     gen.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     gen.add_argument("--out", type=Path, default=Path("flux_out"), metavar="DIR")
+    gen.add_argument("--progress", action="store_true", help="show a progress bar over the sampling steps")
     return parser
 
 
@@ -105,8 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             n=args.n,
             seed=args.seed,
             guidance=args.guidance,
+            negative_prompt=args.negative_prompt,
+            true_cfg=args.true_cfg,
             dtype=args.dtype,
             out=args.out,
+            progress=args.progress,
         )
     return 0
 

@@ -6,6 +6,7 @@ from .clip import CLIPTextConfig as CLIPTextConfig, CLIPTextEncoder as CLIPTextE
 from .pipeline import (
     FluxConditionedNetwork as FluxConditionedNetwork,
     FluxPipeline as FluxPipeline,
+    FluxPromptNetwork as FluxPromptNetwork,
     resolve_checkpoint as resolve_checkpoint,
 )
 from .t5 import T5Config as T5Config, T5Encoder as T5Encoder

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from ..._guidance import ConditionalNetwork
+from ..._path import Flow
 from ..._timer import FluxTimer
 from .autoencoder import Autoencoder
 from .clip import CLIPTextEncoder
@@ -83,6 +85,33 @@ class FluxConditionedNetwork(eqx.Module):
 
     def __call__(self, x: Float[Array, "L_img c"], t: Float[Array, ""] | float) -> Float[Array, "L_img c"]:
         v = self.transformer(x, self.txt, self.pooled, t, self.guidance, self.img_ids, self.txt_ids)
+        return v.astype(x.dtype)
+
+
+class FluxPromptNetwork(eqx.Module):
+    """The FLUX transformer at one resolution with the prompt given at each call:
+    `network(x, t, (txt, pooled))`, the network of a
+    [`ConditionalNetwork`][diffuse_eqx.ConditionalNetwork] that evaluates a prompt and a negative
+    prompt in one transformer call of batch 2 (FLUX.1-dev's "true CFG").
+
+    **Arguments:** `transformer`, `img_ids`, `txt_ids` and `guidance` as for
+    [`FluxConditionedNetwork`][diffuse_eqx.models.flux.FluxConditionedNetwork]; the distilled
+    guidance embedding is given to both prompts, as diffusers does.
+    """
+
+    transformer: FluxTransformer
+    img_ids: Float[Array, "L_img 3"]
+    txt_ids: Float[Array, "L_txt 3"]
+    guidance: Float[Array, ""] | None = None
+
+    def __call__(
+        self,
+        x: Float[Array, "L_img c"],
+        t: Float[Array, ""] | float,
+        prompt: tuple[Float[Array, "L_txt d_txt"], Float[Array, " d_vec"]],
+    ) -> Float[Array, "L_img c"]:
+        txt, pooled = prompt
+        v = self.transformer(x, txt, pooled, t, self.guidance, self.img_ids, self.txt_ids)
         return v.astype(x.dtype)
 
 
@@ -226,6 +255,35 @@ class FluxPipeline:
         [`network`][diffuse_eqx.models.flux.FluxPipeline.network]."""
         txt, pooled = self.encode_prompt(prompt)
         return self.network(txt, pooled, height, width, guidance)
+
+    def network_with_negative(
+        self,
+        txt: Float[Array, "L_txt d_txt"],
+        pooled: Float[Array, " d_vec"],
+        negative_txt: Float[Array, "L_txt d_txt"],
+        negative_pooled: Float[Array, " d_vec"],
+        height: int,
+        width: int,
+        guidance: float | None = 3.5,
+    ) -> ConditionalNetwork:
+        """The velocity networks of a prompt and a negative prompt, evaluated together (one
+        transformer call of batch 2), for [`CFG`][diffuse_eqx.CFG] and the other guidance modules:
+        `dx.CFG(pipe.network_with_negative(...), true_cfg)` is diffusers' `true_cfg_scale`
+        ($v^- + w(v^+ - v^-)$), beside the distilled `guidance` embedding of FLUX.1-dev given to both."""
+        single = self.network(txt, pooled, height, width, guidance)
+        network = FluxPromptNetwork(single.transformer, single.img_ids, single.txt_ids, single.guidance)
+        cond = (single.txt, single.pooled)
+        null = (negative_txt.astype(self.dtype), negative_pooled.astype(self.dtype))
+        return ConditionalNetwork(network, Flow(), cond=cond, null=null, prediction="velocity")
+
+    def condition_with_negative(
+        self, prompt: str, negative_prompt: str, height: int, width: int, guidance: float | None = 3.5
+    ) -> ConditionalNetwork:
+        """[`encode_prompt`][diffuse_eqx.models.flux.FluxPipeline.encode_prompt] of both prompts,
+        then [`network_with_negative`][diffuse_eqx.models.flux.FluxPipeline.network_with_negative]."""
+        txt, pooled = self.encode_prompt(prompt)
+        negative_txt, negative_pooled = self.encode_prompt(negative_prompt)
+        return self.network_with_negative(txt, pooled, negative_txt, negative_pooled, height, width, guidance)
 
     def timer(self, n_steps: int, height: int, width: int) -> FluxTimer:
         """FLUX's own schedule for this resolution: the dynamic shift from the image tokens."""
