@@ -19,9 +19,13 @@ from ._guidance import (
 from ._integrator import (
     DDIM as DDIM,
     AbstractIntegrator as AbstractIntegrator,
+    Churn as Churn,
     DPMpp2M as DPMpp2M,
+    DPMpp2MSDE as DPMpp2MSDE,
     DPMpp2S as DPMpp2S,
     Euler as Euler,
+    EulerAncestral as EulerAncestral,
+    EulerMaruyama as EulerMaruyama,
     Heun as Heun,
     IntegratorState as IntegratorState,
     data_step as data_step,
