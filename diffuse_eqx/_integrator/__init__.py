@@ -6,6 +6,11 @@ from .base import (
 )
 from .churn import Churn as Churn
 from .ddim import DDIM as DDIM
+from .diffrax import (
+    DiffraxAdaptive as DiffraxAdaptive,
+    DiffraxIntegrator as DiffraxIntegrator,
+    DiffraxSDE as DiffraxSDE,
+)
 from .dpmpp_2m import DPMpp2M as DPMpp2M
 from .dpmpp_2m_sde import DPMpp2MSDE as DPMpp2MSDE
 from .dpmpp_2s import DPMpp2S as DPMpp2S
