@@ -1,8 +1,10 @@
 from typing import ClassVar
 
 import jax.numpy as jnp
+from jaxtyping import PyTree
 
 from .._custom_types import Grid, Key, Particle, Time
+from .._path import AbstractPath
 from .._predictor import AbstractPredictor
 from .base import AbstractIntegrator, IntegratorState, data_step, evaluate
 
@@ -17,8 +19,9 @@ class DPMpp2M(AbstractIntegrator):
 
     One evaluation per step; the previous estimate and its $\lambda$ are carried in the state. The
     first step has no history and is first order; the final step to $\sigma = 0$ ($h = \infty$) is
-    first order too, as in DPM-Solver and k-diffusion. A step after $\lambda_{\rm prev} = -\infty$
-    (`Flow` from $t = 1$) gets $1/(2r) = 0$, its exact limit.
+    first order too, as in DPM-Solver and k-diffusion. After $\lambda_{\rm prev} = -\infty$ (`Flow`
+    from $t = 1$) the slope in $\lambda$ comes from a difference in $t$ (see
+    `multistep_data`).
 
     ??? cite "Reference"
         ```bibtex
@@ -34,21 +37,40 @@ class DPMpp2M(AbstractIntegrator):
     nfe_per_step: ClassVar[int] = 1
 
     def init(self, predictor: AbstractPredictor, x: Particle, key: Key, ts: Grid) -> IntegratorState:
-        memory = (jnp.zeros_like(x), jnp.zeros((), ts.dtype), jnp.asarray(False))
-        return IntegratorState(x, key, memory)
+        return IntegratorState(x, key, init_history(x, ts))
 
     def step(
         self, predictor: AbstractPredictor, state: IntegratorState, t: Time, t_next: Time
     ) -> IntegratorState:
         x, path = state.position, predictor.path
-        x0_prev, lam_prev, has_prev = state.memory
         pred, state = evaluate(predictor, state, x, t)
-        x0_t = pred.x0
-        lam_t, lam_s = path.lambda_(t), path.lambda_(t_next)
-        h, h_prev = lam_s - lam_t, lam_t - lam_prev
-        use_history = has_prev & jnp.isfinite(h)
-        half_inv_r = jnp.where(use_history, h / jnp.where(use_history, 2 * h_prev, 1.0), 0.0)
-        d = x0_t + half_inv_r * (x0_t - x0_prev)
-        x_next = data_step(path, x, t, t_next, d)
-        memory = (x0_t, lam_t.astype(lam_prev.dtype), jnp.asarray(True))
-        return state.replace(position=x_next, memory=memory)
+        d, memory = multistep_data(path, pred.x0, t, t_next, state.memory)
+        return state.replace(position=data_step(path, x, t, t_next, d), memory=memory)
+
+
+def init_history(x: Particle, ts: Grid) -> PyTree:
+    """The empty history of `multistep_data`:
+    (previous x0, its time, whether there is one)."""
+    return jnp.zeros_like(x), jnp.zeros((), ts.dtype), jnp.asarray(False)
+
+
+def multistep_data(
+    path: AbstractPath, x0_t: Particle, t: Time, t_next: Time, history: PyTree
+) -> tuple[Particle, PyTree]:
+    r"""DPM-Solver++(2M)'s data estimate $D = \hat x_0 + \frac{1}{2r}(\hat x_0 - \hat x_0^{\rm prev})$
+    for the step $t \to t_{\rm next}$, and the history for the next step.
+
+    $D = \hat x_0$ on the first step and on a step to $\sigma = 0$ ($h = \infty$). After
+    $\lambda_{\rm prev} = -\infty$ ($\alpha = 0$: `Flow` from $t = 1$) the backward difference in
+    $\lambda$ is infinite; the slope $d\hat x_0/d\lambda$ is then taken from the difference in
+    $t$ and $\dot\lambda(t)$, i.e. $h_{\rm prev} = (t - t_{\rm prev})\,\dot\lambda(t)$, which
+    keeps the second step second order instead of first."""
+    x0_prev, t_prev, has_prev = history
+    lam_t = path.lambda_(t)
+    h, h_prev = path.lambda_(t_next) - lam_t, lam_t - path.lambda_(t_prev)
+    d_lam = path.d_alpha(t) / path.alpha(t) - path.d_sigma(t) / path.sigma(t)
+    h_prev = jnp.where(jnp.isfinite(h_prev), h_prev, (t - t_prev) * d_lam)
+    use_history = has_prev & jnp.isfinite(h)
+    half_inv_r = jnp.where(use_history, h / jnp.where(use_history, 2 * h_prev, 1.0), 0.0)
+    d = x0_t + half_inv_r * (x0_t - x0_prev)
+    return d, (x0_t, jnp.asarray(t, t_prev.dtype), jnp.asarray(True))

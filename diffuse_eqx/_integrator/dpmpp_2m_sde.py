@@ -7,6 +7,7 @@ from .._check import concrete
 from .._custom_types import Grid, Key, Particle, Time
 from .._predictor import AbstractPredictor
 from .base import AbstractIntegrator, IntegratorState, evaluate
+from .dpmpp_2m import init_history, multistep_data
 
 
 class DPMpp2MSDE(AbstractIntegrator):
@@ -60,21 +61,15 @@ class DPMpp2MSDE(AbstractIntegrator):
             raise ValueError(f"DPMpp2MSDE eta must be >= 0; got eta={self.eta}.")
 
     def init(self, predictor: AbstractPredictor, x: Particle, key: Key, ts: Grid) -> IntegratorState:
-        memory = (jnp.zeros_like(x), jnp.zeros((), ts.dtype), jnp.asarray(False))
-        return IntegratorState(x, key, memory)
+        return IntegratorState(x, key, init_history(x, ts))
 
     def step(
         self, predictor: AbstractPredictor, state: IntegratorState, t: Time, t_next: Time
     ) -> IntegratorState:
         x, path, eta = state.position, predictor.path, self.eta
-        x0_prev, lam_prev, has_prev = state.memory
         pred, state = evaluate(predictor, state, x, t)
-        x0_t = pred.x0
-        lam_t, lam_s = path.lambda_(t), path.lambda_(t_next)
-        h, h_prev = lam_s - lam_t, lam_t - lam_prev
-        use_history = has_prev & jnp.isfinite(h)
-        half_inv_r = jnp.where(use_history, h / jnp.where(use_history, 2 * h_prev, 1.0), 0.0)
-        d = x0_t + half_inv_r * (x0_t - x0_prev)
+        d, memory = multistep_data(path, pred.x0, t, t_next, state.memory)
+        h = path.lambda_(t_next) - path.lambda_(t)
         key, sub = jr.split(state.key)
         z = jr.normal(sub, x.shape, x.dtype)
         eta_h = eta * jnp.where(eta == 0, 0.0, h)  # 0 at eta = 0 even where h = inf
@@ -82,5 +77,4 @@ class DPMpp2MSDE(AbstractIntegrator):
         a_s, s_s = path.alpha(t_next), path.sigma(t_next)
         x_next = a_s * d + (s_s / s_t) * jnp.exp(-eta_h) * (x - a_t * d)
         x_next = x_next + s_s * jnp.sqrt(-jnp.expm1(-2 * eta_h)) * z
-        memory = (x0_t, lam_t.astype(lam_prev.dtype), jnp.asarray(True))
         return state.replace(position=x_next.astype(x.dtype), memory=memory, key=key)
