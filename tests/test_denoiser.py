@@ -65,6 +65,10 @@ def test_history_and_nfe():
     assert int(out.nfe) == 2 * 8 - 1
     inner = dx.UniformTimer(8, t_min=0.01)
     assert int(denoiser(dx.Heun(), inner).generate(jr.PRNGKey(0), 5).nfe) == 16
+    # ... unless the velocity is finite at t = 0 (Flow) and the last step is asked to be Heun too
+    full = denoiser(dx.Heun(euler_last_step=False), timer).generate(jr.PRNGKey(0), 5)
+    assert int(full.nfe) == 16
+    assert np.all(np.isfinite(full.samples)) and not np.allclose(full.samples, out.samples)
     # DPM++(2S) on Flow from t = 1 to 0: the first (alpha = 0) and last (sigma = 0) steps are 1st order
     assert int(denoiser(dx.DPMpp2S(), timer).generate(jr.PRNGKey(0), 5).nfe) == 2 * 8 - 2
     for integrator in (dx.Euler(), dx.DDIM(), dx.DPMpp2M()):
