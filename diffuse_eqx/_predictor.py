@@ -143,7 +143,7 @@ class Predictor(AbstractPredictor):
             x0 = (ds * x - s * out) / det
             noise = (a * out - da * x) / det
             # VP has d_sigma = inf at t = 0; there x = alpha x0 exactly.
-            x0 = jnp.where(s == 0, x / a, x0)
+            x0 = jnp.where(s == 0, x / jnp.where(s == 0, a, 1), x0)  # no 1/alpha in reverse mode
         return Prediction(x0=x0.astype(x.dtype), noise=noise.astype(x.dtype))
 
     def score(self, x: Particle, t: Time) -> Particle:
