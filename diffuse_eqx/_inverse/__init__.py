@@ -1,3 +1,11 @@
+from .guidance import (
+    DDNM as DDNM,
+    DPS as DPS,
+    TMPD as TMPD,
+    AbstractPosteriorGuidance as AbstractPosteriorGuidance,
+    ExactPosteriorGuidance as ExactPosteriorGuidance,
+    PiGDM as PiGDM,
+)
 from .operators import (
     MRI as MRI,
     AbstractLinearOperator as AbstractLinearOperator,
@@ -13,3 +21,4 @@ from .operators import (
     motion_kernel as motion_kernel,
     random_mask as random_mask,
 )
+from .samplers import DAPS as DAPS, RedDiff as RedDiff, RePaint as RePaint
