@@ -109,7 +109,7 @@ def expected_order_on_flow(solver) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("solver", SOLVERS, ids=lambda s: type(s).__name__)
-@settings(max_examples=5)
+@settings(max_examples=3)
 @given(
     gaussian=gaussians_8d, t_hi=st.floats(0.6, 0.95), t_lo=st.floats(0.05, 0.3), kappa=st.floats(-1.5, 1.5)
 )
@@ -307,8 +307,8 @@ SDE_MEAN, SDE_COV = np.asarray([1.0, -2.0]), np.asarray([[0.5, 0.3], [0.3, 0.8]]
 @pytest.mark.parametrize(
     "solver, n_steps, path_name, n_particles",
     [
-        (diffrax.ShARK(), 100, "vp_linear", 10_000),
-        (diffrax.ShARK(), 100, "flow", 10_000),
+        (diffrax.ShARK(), 50, "vp_linear", 4_000),
+        (diffrax.ShARK(), 50, "flow", 4_000),
         (diffrax.Euler(), 200, "vp_linear", 2_500),
     ],
     ids=["ShARK-vp", "ShARK-flow", "EulerMaruyama-vp"],
