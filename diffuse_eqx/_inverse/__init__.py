@@ -22,3 +22,12 @@ from .operators import (
     random_mask as random_mask,
 )
 from .samplers import DAPS as DAPS, RedDiff as RedDiff, RePaint as RePaint
+from .smc import (
+    TDS as TDS,
+    AbstractSMCSampler as AbstractSMCSampler,
+    MCGdiff as MCGdiff,
+    SMCOutput as SMCOutput,
+    ess as ess,
+    resample_if_needed as resample_if_needed,
+    systematic_resample as systematic_resample,
+)
