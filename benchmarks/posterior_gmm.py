@@ -143,7 +143,7 @@ GRADIENTS = {
     "DPS": "1 VJP",
     "DPS (Gaussian likelihood)": "1 VJP",
     "PiGDM": "1 VJP",
-    "TMPD": "d_x JVP",
+    "TMPD": "d_x VJP",
     "DDNM": "0",
     "RePaint": "0",
     "DAPS": "0",
