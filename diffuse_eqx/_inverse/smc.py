@@ -320,8 +320,11 @@ class MCGdiff(AbstractSMCSampler):
     The times $\tau_i$ are inserted into the timer's grid, so a coordinate is pinned exactly at
     $\tau_i$ ($v_{\tau_i, i} = 0$: no $\kappa$ is needed when $\sigma_y > 0$). With $\sigma_y = 0$
     the posterior is degenerate and the pinning potential at $\tau_i = 0$ keeps a variance $\kappa > 0$
-    (the paper's $\kappa$). Resampling is systematic when the ESS falls below `resample_threshold`
-    $\cdot N$. One network evaluation per particle per step (steps of zero length, where a
+    (the paper's $\kappa$). Resampling is systematic, by default at every step as in the paper: the
+    weights are predictive (computed before the move), and resampling on them at once is the fully
+    adapted filter's natural choice (on problems of `benchmarks/posterior_gmm.py` it errs 1.5 to 3.5
+    times less on the mode weights than resampling only when the ESS falls below $N/2$). One network
+    evaluation per particle per step (steps of zero length, where a
     $\tau_i$ meets a grid time, are skipped); no gradients.
 
     For exactness the grid should end at $t = 0$; a $\tau_i$ below the grid's last time is moved up to
@@ -347,7 +350,7 @@ class MCGdiff(AbstractSMCSampler):
     - `y`: the measurement, shaped like `operator.apply(x)`.
     - `timer`: the time grid (any [`AbstractTimer`][diffuse_eqx.AbstractTimer]).
     - `kappa`: the pinning variance $\kappa > 0$ used only when $\sigma_y = 0$ (default $10^{-4}$).
-    - `resample_threshold`: resample when ESS $<$ this fraction of $N$ (default 0.5).
+    - `resample_threshold`: resample when ESS $<$ this fraction of $N$ (default 1: every step).
     - `x0_shape`: the shape of one signal (default: `(d_x,)` from the SVD).
     """
 
@@ -366,7 +369,7 @@ class MCGdiff(AbstractSMCSampler):
         y: Float[ArrayLike, "*y"],
         timer: AbstractTimer,
         kappa: float = 1e-4,
-        resample_threshold: float = 0.5,
+        resample_threshold: float = 1.0,
         x0_shape: tuple[int, ...] | None = None,
     ):
         if not hasattr(operator, "svd"):
