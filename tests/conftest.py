@@ -1,6 +1,7 @@
 import os
 
 import jax
+import pytest
 from hypothesis import HealthCheck, settings
 
 
@@ -16,3 +17,11 @@ settings.register_profile(
     print_blob=True,
 )
 settings.load_profile("ci")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drop JAX's compiled programs after each test module: one long pytest process otherwise keeps
+    thousands of CPU executables alive (an XLA compile crashed once late in a full run)."""
+    yield
+    jax.clear_caches()
