@@ -20,3 +20,5 @@ Grid: TypeAlias = Float[Array, " n_steps_plus_one"]
 #: Network evaluations spent by an integrator step.
 NFE: TypeAlias = Int[Array, ""]
 Key: TypeAlias = PRNGKeyArray
+#: A hyperparameter: a Python number or a scalar array (a pytree leaf, so it can be traced).
+Hyperparameter: TypeAlias = Real[ArrayLike, ""]

@@ -9,14 +9,13 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-import tqdm
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec, Sharding
 from jaxtyping import Array, Float, Int, Shaped
 
-from ._check import as_numpy, concrete
+from ._check import as_numpy, check_int, concrete
 from ._custom_types import Grid, Key, Particle
 from ._integrator import AbstractIntegrator, IntegratorState
-from ._predictor import AbstractPredictor
+from ._predictor import AbstractPredictor, Predictor
 from ._timer import AbstractTimer
 
 
@@ -98,14 +97,6 @@ class Denoiser(eqx.Module):
     dtype: Any = eqx.field(default=None, static=True)
 
     def __check_init__(self):
-        if not isinstance(self.predictor, AbstractPredictor):
-            raise TypeError(f"Denoiser predictor must be a Predictor; got {type(self.predictor)}.")
-        if not isinstance(self.integrator, AbstractIntegrator):
-            raise TypeError(
-                f"Denoiser integrator must be an AbstractIntegrator; got {type(self.integrator)}."
-            )
-        if not isinstance(self.timer, AbstractTimer):
-            raise TypeError(f"Denoiser timer must be an AbstractTimer; got {type(self.timer)}.")
         if not all(isinstance(d, int | np.integer) and d > 0 for d in self.x0_shape):
             raise ValueError(f"x0_shape must be a tuple of positive ints; got {self.x0_shape}.")
         ts = self.timer.times()
@@ -117,7 +108,7 @@ class Denoiser(eqx.Module):
                 f"The timer starts at t={t0}, beyond the path's t_max={path.t_max}: the grid must "
                 f"lie in [0, t_max] of {type(path).__name__}."
             )
-        prediction = getattr(self.predictor, "prediction", None)
+        prediction = self.predictor.prediction if isinstance(self.predictor, Predictor) else None
         if prediction in ("noise", "score") and float(path.alpha(t0)) == 0:
             raise ValueError(
                 f"The timer starts at t={t0}, where alpha(t) = 0: a {prediction!r} "
@@ -136,65 +127,35 @@ class Denoiser(eqx.Module):
         callback: Callable[[int, float, np.ndarray, np.ndarray], object] | None = None,
         progress: bool = False,
     ) -> DenoiserOutput:
-        """Draws `n_particles` samples.
-
-        The program is a `lax.scan` over the grid whose body steps the whole batch of particles
-        (`vmap`, or `lax.map` in chunks of `batch_size`), so a `callback` sees every particle once
-        per step. Neither `batch_size`, `sharding` nor `callback` changes the samples: particle
-        $i$ is computed from its own key, `fold_in(key, i)`, by the same per-particle program.
+        """Draws `n_particles` samples: a `lax.scan` over the grid whose body steps the whole batch of
+        particles. None of `batch_size`, `sharding`, `callback` and `progress` changes the samples:
+        particle $i$ is computed from its own key, `fold_in(key, i)`, by the same per-particle program
+        (details: [Concepts → Batches, devices and callbacks][generate-options]).
 
         **Arguments:**
 
         - `key`: a JAX PRNG key.
         - `n_particles`: how many samples.
         - `keep_history`: also return the particles at every grid time.
-        - `batch_size`: `None` (default) steps all particles at once (`vmap`); a positive int
-          steps them in chunks of at most `batch_size` particles, one chunk after the other
-          (`jax.lax.map(..., batch_size=batch_size)`), so that the memory of one network
-          evaluation is that of `batch_size` particles, not `n_particles` (the particles
-          themselves, and the history if kept, are still all held). `n_particles` need not be a
-          multiple of `batch_size`: the remainder is one smaller chunk. With `sharding`, the
-          chunks are taken on each device: `batch_size` particles per device at a time.
-        - `sharding`: `None` (default: one device), or how to spread the particles over
-          devices: a `jax.sharding.NamedSharding` whose `PartitionSpec` shards the first
-          (particle) axis only, e.g. `NamedSharding(mesh, PartitionSpec("particles"))`, or a
-          `jax.sharding.Mesh`, whose first axis then shards the particles. The particles' keys
-          are placed with this sharding, each device integrates its own particles, and
-          `samples` (and `history`, along its particle axis) come back sharded the same way.
-          A mesh's Explicit axes (the default of `jax.make_mesh`) are used as Auto axes, so
-          that the network need not define sharding rules; the devices and axes are the same.
-          `n_particles` must be a multiple of the number of shards (a clear `ValueError`
-          otherwise; nothing is padded).
-        - `callback`: `None` (default), or a function `callback(step, t, x, x0)` called on the
-          host after each step with the step index `step` (`0` to `n_steps - 1`), the time
-          `t = ts[step + 1]` reached by that step, the particles `x` after the step
-          (`history[step + 1]`) and their latest data estimate `x0`
-          ([`IntegratorState.x0`][diffuse_eqx.IntegratorState]), both NumPy arrays of shape
-          `(n_particles, *x0_shape)`, gathered from all devices; for live previews and logging.
-          Its return value is ignored; an exception it raises comes out of `generate` as a JAX
-          runtime error. `generate` returns after the last call. A new callback does not
-          recompile the program.
+        - `batch_size`: `None` (default) steps all particles at once (`vmap`); a positive int steps
+          them in chunks of at most `batch_size` particles (`jax.lax.map`), per device with
+          `sharding`, so that one network evaluation holds `batch_size` particles.
+        - `sharding`: `None` (default: one device), a `jax.sharding.NamedSharding` that shards the
+          first (particle) axis only, e.g. `NamedSharding(mesh, PartitionSpec("particles"))`, or a
+          `jax.sharding.Mesh`, whose first axis then shards the particles; `samples` and `history`
+          come back sharded the same way. `n_particles` must be a multiple of the number of shards.
+        - `callback`: `None` (default), or `callback(step, t, x, x0)`, called on the host after each
+          step with the step index, the time reached `t = ts[step + 1]`, the particles and their
+          latest data estimate ([`IntegratorState.x0`][diffuse_eqx.IntegratorState]), as NumPy arrays
+          of shape `(n_particles, *x0_shape)` gathered from all devices.
         - `progress`: show a `tqdm` progress bar advanced once per step.
-
-        When neither `callback` nor `progress` is given no host callback is compiled into the
-        program; with one, the samples are the same, bit for bit.
 
         **Returns:** a [`DenoiserOutput`][diffuse_eqx.DenoiserOutput].
         """
-        if isinstance(n_particles, bool) or not isinstance(n_particles, int | np.integer):
-            raise TypeError(f"n_particles must be an int; got {n_particles!r}.")
-        if n_particles < 1:
-            raise ValueError(f"n_particles must be >= 1; got {n_particles}.")
-        n_particles = int(n_particles)
+        n_particles = check_int("n_particles", n_particles)
         if batch_size is not None:
-            if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
-                raise TypeError(f"batch_size must be a positive int or None; got {batch_size!r}.")
-            if batch_size < 1:
-                raise ValueError(
-                    f"batch_size must be a positive int (particles per chunk) or None (all at "
-                    f"once); got {batch_size}."
-                )
-            batch_size = int(batch_size)
+            hint = " (particles per chunk), or None (all at once)"
+            batch_size = check_int("batch_size", batch_size, hint=hint)
         sharding, n_shards = _particle_sharding(sharding)
         if n_particles % n_shards:
             below = n_particles // n_shards * n_shards
@@ -208,7 +169,7 @@ class Denoiser(eqx.Module):
         if callback is None and not progress:
             return _generate(self, key, None, *config)[0]
 
-        bar = tqdm.tqdm(total=int(self.timer.n_steps), unit="step", desc="generate") if progress else None
+        bar = _progress_bar(int(self.timer.n_steps)) if progress else None
 
         def on_step(step, t, x, x0):
             if callback is not None:
@@ -226,6 +187,14 @@ class Denoiser(eqx.Module):
             if bar is not None:
                 bar.close()
         return out
+
+
+def _progress_bar(total: int):
+    try:
+        import tqdm
+    except ImportError as e:  # tqdm comes with the [flux] extra, not with the core install
+        raise ImportError("generate(progress=True) needs tqdm: pip install tqdm.") from e
+    return tqdm.tqdm(total=total, unit="step", desc="generate")
 
 
 def _particle_sharding(sharding) -> tuple[NamedSharding | None, int]:

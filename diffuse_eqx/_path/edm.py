@@ -1,6 +1,6 @@
 import jax.numpy as jnp
 
-from .._check import concrete
+from .._check import check_positive
 from .._custom_types import PathValue, Times
 from .base import AbstractPath
 
@@ -30,8 +30,7 @@ class EDM(AbstractPath):
     sigma_max: float = 80.0
 
     def __check_init__(self):
-        if concrete(self.sigma_max) and not self.sigma_max > 0:
-            raise ValueError(f"EDM needs sigma_max > 0; got sigma_max={self.sigma_max}.")
+        check_positive("EDM sigma_max", self.sigma_max)
 
     @property
     def t_max(self) -> float:

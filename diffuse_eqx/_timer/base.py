@@ -28,11 +28,6 @@ class AbstractTimer(eqx.Module):
         return self.times()[i]
 
 
-def check_n_steps(n_steps) -> None:
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int | np.integer) or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive integer; got {n_steps!r}.")
-
-
 def check_grid(name: str, ts) -> None:
     """Raises a `ValueError` naming the timer if a concrete grid is not strictly decreasing/finite."""
     if not concrete(ts):

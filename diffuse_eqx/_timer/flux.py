@@ -1,9 +1,9 @@
 import equinox as eqx
 import jax.numpy as jnp
 
-from .._check import concrete
+from .._check import check_int, concrete
 from .._custom_types import Grid
-from .base import AbstractTimer, check_grid, check_n_steps
+from .base import AbstractTimer, check_grid
 
 
 class FluxTimer(AbstractTimer):
@@ -11,13 +11,10 @@ class FluxTimer(AbstractTimer):
 
     $$t_i = \frac{e^{\mu}}{e^{\mu} + (1/u_i - 1)}, \qquad u_i = 1 - i/N,$$
 
-    which, for $\mu > 0$, moves every time towards noise ($t_i \ge u_i$) and makes the steps finest
-    near $t = 1$ ($dt/du = e^{-\mu}$ there). **Static** shift $s$: $e^\mu = s$ (SD3 and
-    diffusers' `shift`). **Dynamic** shift: $\mu$ is linear in the number of image tokens,
-    from $\mu = 0.5$ at 256 tokens to $\mu = 1.15$ at 4096 tokens, so $\mu = 0.63$ at 1024 tokens
-    (512x512 images) and $1.15$ at 4096 (1024x1024).
-
-    Give exactly one of `shift` and `image_seq_len`.
+    finest near $t = 1$ for $\mu > 0$. **Static** shift $s$: $e^\mu = s$ (SD3 and diffusers' `shift`).
+    **Dynamic** shift: $\mu$ linear in the number of image tokens ($\mu = 0.63$ at 512x512, $1.15$ at
+    1024x1024). Give exactly one of `shift` and `image_seq_len`. Details:
+    [Concepts → The FLUX.1 schedule][flux-schedule].
 
     **Arguments:**
 
@@ -45,7 +42,7 @@ class FluxTimer(AbstractTimer):
     max_shift: float = 1.15
 
     def __check_init__(self):
-        check_n_steps(self.n_steps)
+        check_int("FluxTimer n_steps", self.n_steps)
         if (self.shift is None) == (self.image_seq_len is None):
             raise ValueError(
                 "FluxTimer needs exactly one of `shift` (static) and `image_seq_len` (dynamic); got "
