@@ -51,9 +51,10 @@ class AbstractPredictor(eqx.Module):
         **Returns:** the (x0, noise) [`Prediction`][diffuse_eqx.Prediction], the new state, and the
         network evaluations it cost."""
 
+    @abc.abstractmethod
     def init(self, x: Particle) -> PyTree:
-        """The state before the first evaluation (`None` for stateless predictors)."""
-        return None
+        """The state before the first evaluation, for a particle shaped like `x` (`None` for
+        stateless predictors)."""
 
     def predict(self, x: Particle, t: Time) -> Prediction:
         """One evaluation from the initial state (for stateless use)."""
@@ -88,13 +89,11 @@ class Predictor(AbstractPredictor):
 
     $x_0 = (x - \sigma\varepsilon)/\alpha$ and $\varepsilon = (x - \alpha x_0)/\sigma$.
 
-    The denominator $\alpha\dot\sigma - \sigma\dot\alpha$ is 1 for `Flow` and `EDM`, so these
-    are finite at both ends of the path. At the endpoints some quantities are not determined by a
-    parameterization: the noise of an `"x0"` network where $\sigma = 0$, the data of a `"noise"`
-    or `"score"` network where $\alpha = 0$ ($x$ then carries no information about $x_0$). They come
-    out non-finite; the [`Denoiser`][diffuse_eqx.Denoiser] refuses a grid that starts at
-    $\alpha = 0$ for such networks, and integrators never ask for them (the last step to
-    $t = 0$ is a data-prediction step). Where $\dot\sigma$ is infinite (VP at $t = 0$), $x_0 = x/\alpha$.
+    The denominator is 1 for `Flow` and `EDM`, so these are finite at both ends of the path. Where a
+    parameterization does not determine a quantity (an `"x0"` network's noise at $\sigma = 0$, a
+    `"noise"` or `"score"` network's data at $\alpha = 0$) it comes out non-finite, and is never asked
+    for ([Concepts → Endpoints][endpoints]). Where $\dot\sigma$ is infinite (VP at $t = 0$),
+    $x_0 = x/\alpha$.
 
     **Arguments:**
 
@@ -111,22 +110,18 @@ class Predictor(AbstractPredictor):
     def __check_init__(self):
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"Predictor prediction must be one of {PREDICTIONS}; got {self.prediction!r}.")
-        if not callable(self.network):
-            raise TypeError(f"Predictor network must be callable as network(x, t); got {self.network!r}.")
+
+    def init(self, x: Particle) -> None:
+        """`None`: a network has no state."""
+        return None
 
     def evaluate(self, x: Particle, t: Time, state: PyTree) -> tuple[Prediction, PyTree, NFE]:
         """Evaluates the network once: its (x0, noise) pair, the unchanged state, and 1."""
-        return self.predict(x, t), state, jnp.asarray(1, jnp.int32)
-
-    def predict(self, x: Particle, t: Time) -> Prediction:
-        """Evaluates the network once and returns its (x0, noise) pair."""
-        return self.convert(x, t, self._network(x, t))
-
-    def _network(self, x, t):
-        out = self.network(x, jnp.asarray(t))
+        t = jnp.asarray(t)
+        out = self.network(x, t)
         if out.shape != x.shape:
             raise ValueError(f"network(x, t) must return an array shaped like x {x.shape}; got {out.shape}.")
-        return out
+        return self.convert(x, t, out), state, jnp.asarray(1, jnp.int32)
 
     def convert(self, x: Particle, t: Time, out: Particle) -> Prediction:
         """Converts a raw network output `out` at `(x, t)` to the (x0, noise) pair."""
@@ -145,16 +140,3 @@ class Predictor(AbstractPredictor):
             # VP has d_sigma = inf at t = 0; there x = alpha x0 exactly.
             x0 = jnp.where(s == 0, x / jnp.where(s == 0, a, 1), x0)  # no 1/alpha in reverse mode
         return Prediction(x0=x0.astype(x.dtype), noise=noise.astype(x.dtype))
-
-    def score(self, x: Particle, t: Time) -> Particle:
-        r"""Score $\nabla_x \log p_t(x) = -\hat\varepsilon / \sigma(t)$ (a score network's raw output)."""
-        if self.prediction == "score":
-            return self._network(x, t)
-        return super().score(x, t)
-
-    def velocity(self, x: Particle, t: Time) -> Particle:
-        r"""Probability-flow velocity $v = \dot\alpha \hat x_0 + \dot\sigma \hat\varepsilon$ (a velocity
-        network's raw output)."""
-        if self.prediction == "velocity":
-            return self._network(x, jnp.asarray(t))
-        return super().velocity(x, t)

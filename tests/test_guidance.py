@@ -355,7 +355,7 @@ def test_bad_input_is_a_clear_error():
         dx.GuidanceInterval(MODEL, 2.0, 0.7, 0.3)
     with pytest.raises(ValueError, match="0 <= t_lo"):
         dx.GuidanceInterval(MODEL, 2.0, -0.1, 0.3)
-    with pytest.raises(ValueError, match="lam must be in"):
+    with pytest.raises(ValueError, match="scale must be in"):
         dx.CFGPlusPlus(MODEL, 1.5)
     with pytest.raises(ValueError, match="eta must be in"):
         dx.APG(MODEL, 2.0, eta=-0.1)
@@ -382,6 +382,9 @@ def test_bad_input_is_a_clear_error():
 
     class Wrong(dx.AbstractPredictor):
         path: dx.AbstractPath
+
+        def init(self, x):
+            return None
 
         def evaluate(self, x, t, state):
             return dx.Prediction(x0=jnp.zeros(3), noise=jnp.zeros(3)), state, jnp.asarray(1, jnp.int32)

@@ -1,10 +1,10 @@
 from .apg import APG as APG
-from .autoguidance import AutoGuidance as AutoGuidance
 from .base import (
     AbstractConditional as AbstractConditional,
+    AbstractGuidance as AbstractGuidance,
     ConditionalNetwork as ConditionalNetwork,
+    IntervalConditional as IntervalConditional,
     PredictorPair as PredictorPair,
 )
-from .cfg import CFG as CFG
+from .cfg import CFG as CFG, AutoGuidance as AutoGuidance, GuidanceInterval as GuidanceInterval
 from .cfg_plus_plus import CFGPlusPlus as CFGPlusPlus
-from .interval import GuidanceInterval as GuidanceInterval
