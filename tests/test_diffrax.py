@@ -10,9 +10,8 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from helpers import PATHS, diagonal_gaussian, exact_pf_ode
+from helpers import PATHS, diagonal_gaussian, exact_pf_ode, warped_grid
 from hypothesis import given, settings, strategies as st
-from test_order import warped_grid
 
 import diffuse_eqx as dx
 
@@ -400,6 +399,9 @@ class TimeDependentCost(dx.AbstractPredictor):
     @property
     def path(self):
         return self.inner.path
+
+    def init(self, x):
+        return None
 
     def evaluate(self, x, t, state):
         pred, _, n = self.inner.evaluate(x, t, None)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from helpers import PATHS, diagonal_gaussian, exact_pf_ode
+from helpers import PATHS, diagonal_gaussian, exact_pf_ode, warped_grid
 from hypothesis import given, strategies as st
 
 import diffuse_eqx as dx
@@ -32,18 +32,6 @@ def measured_order(path, integrator, mean, var, z, grid_of_n):
         errors.append(np.linalg.norm(np.asarray(x_end) - exact))
     slope = np.polyfit(np.log(STEPS), np.log(errors), 1)[0]
     return -slope, errors
-
-
-def warped_grid(t_hi, t_lo, kappa):
-    """n + 1 times from t_hi down to t_lo, spaced by the smooth monotone warp
-    u -> (exp(kappa u) - 1) / (exp(kappa) - 1) (kappa = 0: uniform)."""
-
-    def grid(n):
-        u = np.linspace(1, 0, n + 1)
-        w = u if abs(kappa) < 1e-8 else np.expm1(kappa * u) / np.expm1(kappa)
-        return t_lo + (t_hi - t_lo) * w
-
-    return grid
 
 
 gaussians = st.integers(1, 3).flatmap(

@@ -13,12 +13,13 @@ import math
 from typing import ClassVar
 
 import equinox as eqx
+import helpers
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from helpers import PATHS
+from helpers import MIXTURE_8, PATHS, SW_KEY
 
 import diffuse_eqx as dx
 
@@ -108,10 +109,14 @@ def moments(step, path, ts, mean=MEAN, cov=COV):
     return m[:d], cw[:d, :d]
 
 
-SDE_CASES = {  # integrator, its numpy reference (given the path)
-    "EulerMaruyama": (dx.EulerMaruyama(1.0), lambda flow: functools.partial(em_ref, eps=1.0)),
-    "EulerAncestral": (dx.EulerAncestral(1.0), lambda flow: functools.partial(ea_ref, eta=1.0, flow=flow)),
-    "DPMpp2MSDE": (dx.DPMpp2MSDE(1.0), lambda flow: functools.partial(sde2m_ref, eta=1.0)),
+SDE_CASES = {  # the integrator and its numpy reference (given whether the path is Flow)
+    "EulerMaruyama": (lambda flow: dx.EulerMaruyama(1.0), lambda flow: functools.partial(em_ref, eps=1.0)),
+    # the rectified-flow split on Flow, the scaled-variable split on other paths
+    "EulerAncestral": (
+        lambda flow: dx.EulerAncestralRF(1.0) if flow else dx.EulerAncestral(1.0),
+        lambda flow: functools.partial(ea_ref, eta=1.0, flow=flow),
+    ),
+    "DPMpp2MSDE": (lambda flow: dx.DPMpp2MSDE(1.0), lambda flow: functools.partial(sde2m_ref, eta=1.0)),
 }
 
 
@@ -120,7 +125,8 @@ SDE_CASES = {  # integrator, its numpy reference (given the path)
 def test_moments_match_the_exact_recursion(name, path_name, prediction):
     """20 000 particles, 20 steps from pure noise: sample mean and covariance within 4 Monte Carlo
     standard errors of the discrete sampler's exact moments."""
-    integrator, ref = SDE_CASES[name]
+    make, ref = SDE_CASES[name]
+    integrator = make(path_name == "flow")
     path, n = PATHS[path_name], 20_000
     timer = dx.UniformTimer(20, t_max=path.t_max)
     pred = dx.Predictor(GAUSS.network(path, prediction), path, prediction)
@@ -138,7 +144,8 @@ def test_moments_match_the_exact_recursion(name, path_name, prediction):
 def test_exact_moments_converge_at_the_declared_order(name, path_name):
     """The discrete sampler's exact mean and covariance converge to the target's as the grid is
     refined, at least at the declared (weak) order: slope over 100, 200, 400 steps."""
-    integrator, ref = SDE_CASES[name]
+    make, ref = SDE_CASES[name]
+    integrator = make(path_name == "flow")
     path, steps = PATHS[path_name], (100, 200, 400)
     errors = []
     for n in steps:
@@ -171,36 +178,17 @@ def test_euler_maruyama_is_slower_near_alpha_zero_for_small_noise():
 # Samples against an exact 2-D mixture (as tests/test_sampling.py)
 
 N = 4000
-SW_KEY = jr.PRNGKey(12345)
-
-
-def mixture_8() -> dx.GaussianMixture:
-    """A 2-D mixture of 8 components with unequal weights and anisotropic covariances."""
-    rng = np.random.default_rng(0)
-    ang = 2 * np.pi * np.arange(8) / 8
-    means = 3 * np.stack([np.cos(ang), np.sin(ang)], 1)
-    w = rng.uniform(0.5, 1.5, 8)
-    a = 0.25 * rng.normal(size=(8, 2, 2))
-    return dx.GaussianMixture(w / w.sum(), means, a @ a.transpose(0, 2, 1) + 0.05 * np.eye(2))
-
-
-MIXTURE = mixture_8()
+MIXTURE = MIXTURE_8
 
 
 @pytest.fixture(scope="module")
 def exact_and_floor():
-    """Exact samples, and the noise floor: the mean SW between independent exact sets of size N."""
-    exact = MIXTURE.sample(jr.PRNGKey(999), N)
-    pairs = [
-        (MIXTURE.sample(jr.PRNGKey(2 * i), N), MIXTURE.sample(jr.PRNGKey(2 * i + 1), N)) for i in range(4)
-    ]
-    floor = float(np.mean([dx.sliced_wasserstein(a, b, SW_KEY) for a, b in pairs]))
-    return exact, floor
+    return helpers.exact_and_floor(N)
 
 
 SW_CASES = {  # path, prediction, integrator, timer, network evaluations
     "EulerMaruyama-flow": ("flow", "velocity", dx.EulerMaruyama(1.0), dx.UniformTimer(50), 50),
-    "EulerAncestral-flow": ("flow", "velocity", dx.EulerAncestral(1.0), dx.UniformTimer(50), 50),
+    "EulerAncestralRF-flow": ("flow", "velocity", dx.EulerAncestralRF(1.0), dx.UniformTimer(50), 50),
     "EulerAncestral-vp_cosine": ("vp_cosine", "x0", dx.EulerAncestral(1.0), dx.UniformTimer(50), 50),
     "DPMpp2MSDE-flow": ("flow", "x0", dx.DPMpp2MSDE(1.0), dx.UniformTimer(50), 50),
     "DPMpp2MSDE-edm": ("edm", "x0", dx.DPMpp2MSDE(1.0), dx.KarrasTimer(50), 50),
@@ -258,6 +246,7 @@ REDUCTIONS = {  # stochastic (eta / noise 0), deterministic, path, prediction, g
         grid("vp_cosine", t_min=0.05),
     ),
     "EulerAncestral-flow": (dx.EulerAncestral(0.0), dx.Euler(), "flow", "velocity", grid("flow")),
+    "EulerAncestralRF-flow": (dx.EulerAncestralRF(0.0), dx.Euler(), "flow", "velocity", grid("flow")),
     "EulerAncestral-edm": (dx.EulerAncestral(0.0), dx.Euler(), "edm", "x0", EDM_GRID),
     # the scaled-variable split is DDIM with the same eta, the same noise included
     "EulerAncestral(0.6)-vp_cosine": (

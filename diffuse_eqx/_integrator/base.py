@@ -1,11 +1,13 @@
 import abc
 import dataclasses
+from typing import NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import PyTree
+import jax.random as jr
+from jaxtyping import Array, Bool, Float, Int, PyTree
 
-from .._custom_types import NFE, Grid, Key, Particle, Time
+from .._custom_types import NFE, Grid, Key, Particle, Scalar, Time
 from .._path import AbstractPath
 from .._predictor import AbstractPredictor, Prediction
 
@@ -48,20 +50,35 @@ def evaluate(
     return pred, state.replace(guidance=guidance, nfe=state.nfe + n, x0=pred.x0)
 
 
+def noise(state: IntegratorState) -> tuple[Particle, IntegratorState]:
+    r"""A standard normal draw $z$ shaped like the particle, and `state` with its key split (the key
+    of $z$ is never used again)."""
+    key, sub = jr.split(state.key)
+    x = state.position
+    return jr.normal(sub, x.shape, x.dtype), state.replace(key=key)
+
+
 class AbstractIntegrator(eqx.Module):
     """Moves one particle from time `t` to `t_next < t` on the timer's grid.
 
-    Concrete integrators declare `order` (their order of accuracy as ODE solvers; 0 for none) and
-    `nfe_per_step` (predictor evaluations of a regular step), and implement `init` and `step`.
+    A concrete integrator gives `order` (its order of accuracy as an ODE solver; 0 for none) and
+    `nfe_per_step` (predictor evaluations of a regular step), and implements `init` and `step`.
     Every evaluation goes through [`evaluate`][diffuse_eqx.evaluate], which counts the network
     evaluations really made in `state.nfe` (endpoint steps may use fewer; a guided predictor costs
-    more per evaluation).
+    more per evaluation). Most integrators derive from one of two bases that write `init` for them:
+    [`AbstractSingleStep`][diffuse_eqx.AbstractSingleStep] (no memory) and
+    [`AbstractMultistep`][diffuse_eqx.AbstractMultistep] (a history of past evaluations).
     """
 
-    order: eqx.AbstractClassVar[int]
-    r"""Order of accuracy as an ODE solver (global error $O(h^{\rm order})$)."""
-    nfe_per_step: eqx.AbstractClassVar[int]
-    """Network evaluations of a regular step."""
+    @property
+    @abc.abstractmethod
+    def order(self) -> int:
+        r"""Order of accuracy as an ODE solver (global error $O(h^{\rm order})$; 0 for none)."""
+
+    @property
+    @abc.abstractmethod
+    def nfe_per_step(self) -> int:
+        """Network evaluations of a regular step (for a predictor that costs 1)."""
 
     @abc.abstractmethod
     def init(self, predictor: AbstractPredictor, x: Particle, key: Key, ts: Grid) -> IntegratorState:
@@ -72,6 +89,79 @@ class AbstractIntegrator(eqx.Module):
         self, predictor: AbstractPredictor, state: IntegratorState, t: Time, t_next: Time
     ) -> IntegratorState:
         """One step from `t` to `t_next`."""
+
+
+class AbstractSingleStep(AbstractIntegrator):
+    """An integrator that carries nothing from one step to the next but the particle and its key:
+    a concrete one declares `order`, `nfe_per_step` and `step`."""
+
+    def init(self, predictor: AbstractPredictor, x: Particle, key: Key, ts: Grid) -> IntegratorState:
+        """The particle and its key; no memory."""
+        return IntegratorState(x, key)
+
+
+class History(eqx.Module):
+    """The last `size` values a multistep integrator recorded (newest first), with their times.
+
+    - `values`: shape `(size, *particle_shape)`; entries past `count` are zeros.
+    - `times`: shape `(size,)`.
+    - `count`: how many entries are filled (at most `size`).
+    """
+
+    values: Float[Array, " size *shape"]
+    times: Float[Array, " size"]
+    count: Int[Array, ""]
+
+    @classmethod
+    def empty(cls, x: Particle, ts: Grid, size: int) -> "History":
+        """No values yet, for particles shaped like `x` on grid `ts`."""
+        return cls(jnp.zeros((size, *x.shape), x.dtype), jnp.zeros((size,), ts.dtype), _int32(0))
+
+    def push(self, value: Particle, t: Time) -> "History":
+        """The history with `value` at time `t` as its newest entry (the oldest dropped)."""
+        values = jnp.concatenate([value[None].astype(self.values.dtype), self.values[:-1]])
+        times = jnp.concatenate([jnp.asarray(t, self.times.dtype)[None], self.times[:-1]])
+        return History(values, times, jnp.minimum(self.count + 1, self.times.shape[0]))
+
+    def has(self, i: int) -> Bool[Array, ""]:
+        """Whether entry `i` (0: the newest) is filled."""
+        return self.count > i
+
+
+class AbstractMultistep(AbstractIntegrator):
+    """An integrator that reuses the values of previous steps: its memory is a
+    [`History`][diffuse_eqx.History] of the last `history_size` values it pushed (what a value is,
+    e.g. a data estimate, is the concrete integrator's choice). A concrete one declares
+    `history_size`, `order`, `nfe_per_step` and `step`."""
+
+    history_size: eqx.AbstractClassVar[int]
+    """How many past values the integrator keeps."""
+
+    def init(self, predictor: AbstractPredictor, x: Particle, key: Key, ts: Grid) -> IntegratorState:
+        """The particle, its key and an empty history."""
+        return IntegratorState(x, key, History.empty(x, ts, self.history_size))
+
+
+class StepCoefficients(NamedTuple):
+    r"""The path at both ends of a step from $t$ to $s$: $\alpha_t, \sigma_t, \alpha_s, \sigma_s$,
+    $\lambda_t, \lambda_s$ and $h = \lambda_s - \lambda_t$ (infinite from $\alpha_t = 0$ or to
+    $\sigma_s = 0$)."""
+
+    a_t: Scalar
+    s_t: Scalar
+    a_s: Scalar
+    s_s: Scalar
+    lam_t: Scalar
+    lam_s: Scalar
+    h: Scalar
+
+
+def step_coefficients(path: AbstractPath, t: Time, t_next: Time) -> StepCoefficients:
+    """The [`StepCoefficients`][diffuse_eqx.StepCoefficients] of `path` from `t` to `t_next`."""
+    lam_t, lam_s = path.lambda_(t), path.lambda_(t_next)
+    return StepCoefficients(
+        path.alpha(t), path.sigma(t), path.alpha(t_next), path.sigma(t_next), lam_t, lam_s, lam_s - lam_t
+    )
 
 
 def data_step(path: AbstractPath, x: Particle, t: Time, t_next: Time, x0: Particle) -> Particle:
@@ -85,3 +175,14 @@ def data_step(path: AbstractPath, x: Particle, t: Time, t_next: Time, x0: Partic
     a_t, s_t = path.alpha(t), path.sigma(t)
     a_s, s_s = path.alpha(t_next), path.sigma(t_next)
     return (a_s * x0 + (s_s / s_t) * (x - a_t * x0)).astype(x.dtype)
+
+
+def evaluate_and_data_step(
+    predictor: AbstractPredictor, state: IntegratorState, t: Time, t_next: Time
+) -> IntegratorState:
+    """One evaluation at `(state.position, t)`, then [`data_step`][diffuse_eqx.data_step] to
+    `t_next` with its data estimate (the endpoint step of integrators that cannot evaluate the
+    velocity at $\\sigma = 0$)."""
+    x = state.position
+    pred, state = evaluate(predictor, state, x, t)
+    return state.replace(position=data_step(predictor.path, x, t, t_next, pred.x0))

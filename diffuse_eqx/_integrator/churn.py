@@ -1,12 +1,11 @@
 import math
 
 import jax.numpy as jnp
-import jax.random as jr
 
-from .._check import concrete
-from .._custom_types import Grid, Key, Particle, Time
+from .._check import check_nonnegative, check_positive, concrete
+from .._custom_types import Grid, Hyperparameter, Key, Particle, Time
 from .._predictor import AbstractPredictor
-from .base import AbstractIntegrator, IntegratorState
+from .base import AbstractIntegrator, IntegratorState, noise
 
 
 class Churn(AbstractIntegrator):
@@ -23,22 +22,9 @@ class Churn(AbstractIntegrator):
 
     with $N$ the number of steps of the grid. With $S_{\rm noise} = 1$ this is the path's forward
     kernel from $t$ to $\hat t$: if $x_t \sim p_t$ then $\hat x \sim p_{\hat t}$ exactly, for any path
-    (for `EDM`, $\hat x = x_t + \sqrt{\hat t^2 - t^2}\, z$ as in EDM). No noise is added where
-    $\hat t = t$ (outside $[S_{t\min}, S_{t\max}]$, or at $t = t_{\max}$).
-
-    `order` and `nfe_per_step` are the inner integrator's. The state carries $\gamma$ next to the
-    inner integrator's memory; the key is split once per step for the churn noise, and the rest is
-    handed to the inner integrator.
-
-    **Arguments:**
-
-    - `integrator`: the inner [`AbstractIntegrator`][diffuse_eqx.AbstractIntegrator] (EDM uses
-      [`Heun`][diffuse_eqx.Heun]).
-    - `s_churn`: $S_{\rm churn} \ge 0$, the total amount of churn (0: no churn).
-    - `s_tmin`, `s_tmax`: the times (the path's $t$; for `EDM` the noise level) between which churn
-      is applied (defaults 0 and $\infty$).
-    - `s_noise`: $S_{\rm noise} > 0$, scales the added noise (default 1; EDM found 1.003 to
-      compensate for networks that over-denoise; any value other than 1 leaves $p_{\hat t}$).
+    ([Concepts → Stochastic churn][stochastic-churn]). No noise is added where $\hat t = t$ (outside
+    $[S_{t\min}, S_{t\max}]$, or at $t = t_{\max}$). `order` and `nfe_per_step` are the inner
+    integrator's.
 
     ??? cite "Reference"
         ```bibtex
@@ -47,25 +33,29 @@ class Churn(AbstractIntegrator):
           author={Karras, Tero and Aittala, Miika and Aila, Timo and Laine, Samuli},
           booktitle={NeurIPS}, year={2022}}
         ```
+
+    **Arguments:**
+
+    - `integrator`: the inner [`AbstractIntegrator`][diffuse_eqx.AbstractIntegrator] (EDM uses
+      [`Heun`][diffuse_eqx.Heun]).
+    - `s_churn`: $S_{\rm churn} \ge 0$, the total amount of churn (0: no churn).
+    - `s_tmin`, `s_tmax`: the times (the path's $t$; for `EDM` the noise level) between which churn
+      is applied (defaults 0 and $\infty$).
+    - `s_noise`: $S_{\rm noise} > 0$, scales the added noise (default 1; EDM's 1.003 leaves
+      $p_{\hat t}$, as does any value other than 1).
     """
 
     integrator: AbstractIntegrator
-    s_churn: float
-    s_tmin: float = 0.0
-    s_tmax: float = math.inf
-    s_noise: float = 1.0
+    s_churn: Hyperparameter
+    s_tmin: Hyperparameter = 0.0
+    s_tmax: Hyperparameter = math.inf
+    s_noise: Hyperparameter = 1.0
 
     def __check_init__(self):
-        if not isinstance(self.integrator, AbstractIntegrator):
-            raise TypeError(
-                f"Churn integrator must be an AbstractIntegrator (e.g. dx.Heun()); got {self.integrator!r}."
-            )
-        if concrete(self.s_churn) and not self.s_churn >= 0:
-            raise ValueError(f"Churn s_churn must be >= 0; got s_churn={self.s_churn}.")
+        check_nonnegative("Churn s_churn", self.s_churn)
         if concrete(self.s_tmin, self.s_tmax) and not self.s_tmin <= self.s_tmax:
             raise ValueError(f"Churn needs s_tmin <= s_tmax; got s_tmin={self.s_tmin}, s_tmax={self.s_tmax}.")
-        if concrete(self.s_noise) and not self.s_noise > 0:
-            raise ValueError(f"Churn s_noise must be > 0; got s_noise={self.s_noise}.")
+        check_positive("Churn s_noise", self.s_noise)
 
     @property
     def order(self) -> int:
@@ -87,14 +77,13 @@ class Churn(AbstractIntegrator):
     ) -> IntegratorState:
         x, path, t = state.position, predictor.path, jnp.asarray(t)
         inner_memory, gamma_churn = state.memory
-        key, sub = jr.split(state.key)
+        z, state = noise(state)
         gamma = jnp.where((self.s_tmin <= t) & (t <= self.s_tmax), gamma_churn, 0.0)
         t_hat = jnp.minimum(t * (1 + gamma), path.t_max)
         churned = t_hat > t
         ratio = jnp.where(churned, path.alpha(t_hat) / path.alpha(t), 1.0)  # alpha_t > 0 where churned
         var = jnp.where(churned, path.sigma(t_hat) ** 2 - (ratio * path.sigma(t)) ** 2, 0.0)
-        z = jr.normal(sub, x.shape, x.dtype)
         x_hat = (ratio * x + jnp.sqrt(jnp.maximum(var, 0.0)) * self.s_noise * z).astype(x.dtype)
-        state = state.replace(position=x_hat, key=key, memory=inner_memory)
+        state = state.replace(position=x_hat, memory=inner_memory)
         state = self.integrator.step(predictor, state, t_hat, t_next)
         return state.replace(memory=(state.memory, gamma_churn))

@@ -1,15 +1,13 @@
-from typing import ClassVar
-
 import jax.numpy as jnp
-import jax.random as jr
 
-from .._check import concrete
-from .._custom_types import Grid, Key, Particle, Time
-from .._predictor import AbstractPredictor
-from .base import AbstractIntegrator, IntegratorState, evaluate
+from .._check import check_interval
+from .._custom_types import Hyperparameter, Particle, Time
+from .._path import AbstractPath
+from .._predictor import AbstractPredictor, Prediction
+from .base import AbstractSingleStep, IntegratorState, evaluate, noise
 
 
-class DDIM(AbstractIntegrator):
+class DDIM(AbstractSingleStep):
     r"""DDIM (Song et al. 2021), written for any path $x_t = \alpha_t x_0 + \sigma_t\varepsilon$:
 
     $$x_s = \alpha_s \hat x_0 + \sqrt{\sigma_s^2 - c^2}\,\hat\varepsilon + c\, z, \qquad
@@ -35,28 +33,43 @@ class DDIM(AbstractIntegrator):
         ```
     """
 
-    eta: float = 0.0
-    order: ClassVar[int] = 1
-    nfe_per_step: ClassVar[int] = 1
+    eta: Hyperparameter = 0.0
 
     def __check_init__(self):
-        if concrete(self.eta) and not 0 <= self.eta <= 1:
-            raise ValueError(f"DDIM eta must be in [0, 1]; got eta={self.eta}.")
+        check_interval("DDIM eta", self.eta, 0.0, 1.0)
 
-    def init(self, predictor: AbstractPredictor, x: Particle, key: Key, ts: Grid) -> IntegratorState:
-        return IntegratorState(x, key)
+    @property
+    def order(self) -> int:
+        return 1
+
+    @property
+    def nfe_per_step(self) -> int:
+        return 1
 
     def step(
         self, predictor: AbstractPredictor, state: IntegratorState, t: Time, t_next: Time
     ) -> IntegratorState:
-        x, path = state.position, predictor.path
+        x = state.position
         pred, state = evaluate(predictor, state, x, t)
-        a_t, s_t = path.alpha(t), path.sigma(t)
-        a_s, s_s = path.alpha(t_next), path.sigma(t_next)
-        one_minus_ratio2 = 1 - ((a_t * s_s) / (a_s * s_t)) ** 2  # 1 - e^{-2h}
-        key, sub = jr.split(state.key)
-        z = jr.normal(sub, x.shape, x.dtype)
-        noise = jnp.sqrt(1 - self.eta**2 * one_minus_ratio2) * pred.noise
-        noise = noise + self.eta * jnp.sqrt(one_minus_ratio2) * z
-        x_next = a_s * pred.x0 + s_s * noise
-        return state.replace(position=x_next.astype(x.dtype), key=key)
+        z, state = noise(state)
+        return state.replace(position=ancestral_step(predictor.path, pred, t, t_next, self.eta, z))
+
+
+def ancestral_step(
+    path: AbstractPath, pred: Prediction, t: Time, t_next: Time, eta: Hyperparameter, z: Particle
+) -> Particle:
+    r"""The ancestral step of [`DDIM`][diffuse_eqx.DDIM] and
+    [`EulerAncestral`][diffuse_eqx.EulerAncestral] from $t$ to $s$ with the prediction `pred`:
+
+    $$x_s = \alpha_s\hat x_0 + \sigma_s\big(\sqrt{1 - u^2}\,\hat\varepsilon + u\, z\big), \qquad
+      u = \min\big(1,\ \eta\sqrt{1 - e^{-2h}}\big), \quad
+      e^{-h} = \frac{\alpha_t\sigma_s}{\alpha_s\sigma_t},$$
+
+    $u$ the share of fresh noise (clipped at 1 for $\eta > 1$, as k-diffusion clips
+    $\sigma_{\rm up} \le \sigma_s$)."""
+    a_t, s_t = path.alpha(t), path.sigma(t)
+    a_s, s_s = path.alpha(t_next), path.sigma(t_next)
+    ratio2 = ((a_t * s_s) / (a_s * s_t)) ** 2  # e^{-2h}; 0 where alpha_t = 0 or sigma_s = 0
+    up = jnp.minimum(1.0, eta * jnp.sqrt(1 - ratio2))
+    down = jnp.sqrt(1 - up**2)
+    return (a_s * pred.x0 + s_s * (down * pred.noise + up * z)).astype(z.dtype)

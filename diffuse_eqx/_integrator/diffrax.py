@@ -11,7 +11,8 @@ which must therefore not depend on $(x, t)$; it is read once from the predictor 
 its network.
 """
 
-from typing import ClassVar, NamedTuple
+import functools
+from typing import NamedTuple
 
 import diffrax as dfx
 import equinox as eqx
@@ -22,10 +23,10 @@ import jax.random as jr
 import lineax as lx
 import numpy as np
 
-from .._check import concrete
+from .._check import check_int, check_value
 from .._custom_types import NFE, Grid, Key, Particle, Time
 from .._predictor import AbstractPredictor
-from .base import AbstractIntegrator, IntegratorState, data_step, evaluate
+from .base import AbstractIntegrator, IntegratorState, evaluate, evaluate_and_data_step
 
 
 # Solvers are asked their order through a term; only its type matters.
@@ -58,41 +59,51 @@ def _check_solver(solver, owner: str):
         )
 
 
-def _ode_stages(solver, owner: str) -> _Stages:
+def _ode_stages(solver) -> _Stages | None:
+    """The stages of an ODE solver step, or `None` if they cannot be read from its structure."""
+    if type(solver) is dfx.Euler:
+        return _Stages(1, False)
+    tableau = getattr(type(solver), "tableau", None)
+    if isinstance(solver, dfx.AbstractERK) and isinstance(tableau, dfx.ButcherTableau):
+        return _Stages(tableau.num_stages, tableau.fsal)
+    return None
+
+
+def _check_ode_solver(solver, owner: str) -> None:
     _check_solver(solver, owner)
     if isinstance(solver, _SDE_ONLY):
         raise TypeError(
             f"{owner}: {type(solver).__name__} is an SDE solver; use it with DiffraxSDE, or pass "
             f"{_ODE_SOLVERS}."
         )
-    if type(solver) is dfx.Euler:
-        return _Stages(1, False)
-    tableau = getattr(type(solver), "tableau", None)
-    if isinstance(solver, dfx.AbstractERK) and isinstance(tableau, dfx.ButcherTableau):
-        return _Stages(tableau.num_stages, tableau.fsal)
-    raise ValueError(
-        f"{owner} takes {_ODE_SOLVERS}; got {type(solver).__name__}, whose evaluations per step "
-        "cannot be counted from its structure (implicit and multistep solvers are not supported)."
-    )
+    if _ode_stages(solver) is None:
+        raise ValueError(
+            f"{owner} takes {_ODE_SOLVERS}; got {type(solver).__name__}, whose evaluations per step "
+            "cannot be counted from its structure (implicit and multistep solvers are not supported)."
+        )
 
 
-def _sde_stages(solver, owner: str) -> _Stages:
-    _check_solver(solver, owner)
+def _sde_stages(solver) -> _Stages | None:
+    """The drift evaluations of an SDE solver step, or `None` if they cannot be read from its
+    structure."""
     if type(solver) in (dfx.Euler, dfx.EulerHeun):
         return _Stages(1, False)  # one drift evaluation (EulerHeun evaluates the diffusion twice)
     if isinstance(solver, dfx.AbstractSRK):
         tableau = solver.tableau
         skipped = 0 if tableau.ignore_stage_f is None else int(np.sum(tableau.ignore_stage_f))
         return _Stages(len(tableau.b_sol) - skipped, False)
-    tableau = getattr(type(solver), "tableau", None)
-    if isinstance(solver, dfx.AbstractERK) and isinstance(tableau, dfx.ButcherTableau):
-        if solver.strong_order(_ODE_TERM) is None:
-            raise TypeError(
-                f"{owner}: {type(solver).__name__} is an ODE solver with no strong order for SDEs; use "
-                f"it with DiffraxIntegrator or DiffraxAdaptive, or pass {_SDE_SOLVERS}."
-            )
-        return _Stages(tableau.num_stages, tableau.fsal)
-    raise ValueError(f"{owner} takes {_SDE_SOLVERS}; got {type(solver).__name__}.")
+    return _ode_stages(solver) if isinstance(solver, dfx.AbstractERK) else None
+
+
+def _check_sde_solver(solver, owner: str) -> None:
+    _check_solver(solver, owner)
+    if _sde_stages(solver) is None:
+        raise ValueError(f"{owner} takes {_SDE_SOLVERS}; got {type(solver).__name__}.")
+    if isinstance(solver, dfx.AbstractERK) and solver.strong_order(_ODE_TERM) is None:
+        raise TypeError(
+            f"{owner}: {type(solver).__name__} is an ODE solver with no strong order for SDEs; use "
+            f"it with DiffraxIntegrator or DiffraxAdaptive, or pass {_SDE_SOLVERS}."
+        )
 
 
 def _evaluations(stages: _Stages, solver_state) -> NFE:
@@ -155,36 +166,49 @@ def _reverse_sde_terms(predictor: AbstractPredictor, brownian: dfx.AbstractBrown
     return dfx.MultiTerm(dfx.ODETerm(drift), dfx.ControlTerm(diffusion, brownian))
 
 
-class DiffraxIntegrator(AbstractIntegrator):
+class AbstractDiffraxODE(AbstractIntegrator):
+    """A diffrax ODE solver on the probability-flow ODE: what
+    [`DiffraxIntegrator`][diffuse_eqx.DiffraxIntegrator] and
+    [`DiffraxAdaptive`][diffuse_eqx.DiffraxAdaptive] share (the solver's order, its evaluations per
+    step, and the check that they can be counted)."""
+
+    solver: eqx.AbstractVar[dfx.AbstractSolver]
+
+    def __check_init__(self):
+        _check_ode_solver(self.solver, type(self).__name__)
+
+    @property
+    def order(self) -> int:
+        r"""The solver's ODE order, `solver.order(terms)`."""
+        return self.solver.order(_ODE_TERM)
+
+    @property
+    def nfe_per_step(self) -> int:
+        """Evaluations of a solver step: the stages of the solver, one fewer for FSAL solvers (per
+        attempted step for adaptive solves)."""
+        stages = _ode_stages(self.solver)
+        return stages.n - stages.fsal
+
+
+class DiffraxIntegrator(AbstractDiffraxODE):
     r"""Any explicit diffrax ODE solver, one solver step per grid interval, on the probability-flow
     ODE $dx/dt = v(x, t)$ (integrated in $s = -t$, so that diffrax steps forward):
 
     $$x_{t_{i+1}} = \Phi_{\rm solver}\big(x_{t_i};\ s_i = -t_i \to s_{i+1} = -t_{i+1}\big),
       \qquad \frac{dx}{ds} = -v(x, -s).$$
 
-    The order is the solver's (`solver.order`): 1 for `Euler`, 2 for `Heun`, `Midpoint`,
-    `Ralston`, 3 for `Bosh3`, 5 for `Tsit5`, `Dopri5`, 8 for `Dopri8`. The solver's state is
-    carried from step to step, so FSAL solvers (`Bosh3`, `Tsit5`, `Dopri5`, `Dopri8`) reuse the
-    last evaluation of a step as the first of the next: a step costs the tableau's stages, one
-    fewer after the first step.
-
-    Explicit solvers evaluate the velocity at the end of the step, which at $\sigma = 0$ is not
-    finite for every path (VP has $\dot\sigma(0) = \infty$); the step to $\sigma = 0$ (the
-    final step to $t = 0$) is therefore a data step ([`data_step`][diffuse_eqx.data_step], the
-    DDIM update with $\hat x_0$; one evaluation), which may lower the order measured on grids
-    ending at $t = 0$.
-
-    Diffrax calls the velocity itself: predictors with state (APG) cannot be run, and each
-    predictor evaluation must cost a fixed number of network evaluations (plain predictors and
-    constant guidance do). `state.x0` is recorded only by the final data step.
+    The order is the solver's (`solver.order`). A step costs the tableau's stages, one fewer after
+    the first step for FSAL solvers (the solver's state is carried from step to step). The step to
+    $\sigma = 0$ is a data step ([`data_step`][diffuse_eqx.data_step]; one evaluation), which may lower
+    the order measured on grids ending at $t = 0$. Predictors with state (APG) cannot be run, and each
+    predictor evaluation must cost a fixed number of network evaluations. Details:
+    [Concepts → Diffrax solvers][diffrax-integrators].
 
     ??? cite "Reference"
         ```bibtex
         @phdthesis{kidger2021on,
-          title={On Neural Differential Equations},
-          author={Patrick Kidger},
-          school={University of Oxford},
-          year={2021}}
+          title={On Neural Differential Equations}, author={Patrick Kidger},
+          school={University of Oxford}, year={2021}}
         ```
 
     **Arguments:**
@@ -194,20 +218,6 @@ class DiffraxIntegrator(AbstractIntegrator):
     """
 
     solver: dfx.AbstractSolver
-
-    def __check_init__(self):
-        _ode_stages(self.solver, "DiffraxIntegrator")
-
-    @property
-    def order(self) -> int:
-        r"""The solver's ODE order, `solver.order(terms)`."""
-        return self.solver.order(_ODE_TERM)
-
-    @property
-    def nfe_per_step(self) -> int:
-        """Evaluations of a regular step: the stages of the solver, one fewer for FSAL solvers."""
-        stages = _ode_stages(self.solver, "DiffraxIntegrator")
-        return stages.n - stages.fsal
 
     def init(self, predictor: AbstractPredictor, x: Particle, key: Key, ts: Grid) -> IntegratorState:
         cost = _cost(predictor, x, ts[0], "DiffraxIntegrator")
@@ -219,7 +229,8 @@ class DiffraxIntegrator(AbstractIntegrator):
     ) -> IntegratorState:
         x, path = state.position, predictor.path
         solver_state, cost = state.memory
-        stages = _ode_stages(self.solver, "DiffraxIntegrator")
+        stages = _ode_stages(self.solver)
+        final_step = functools.partial(evaluate_and_data_step, predictor, t=t, t_next=t_next)
 
         def solver_step(state):
             term = _velocity_term(predictor)
@@ -230,46 +241,30 @@ class DiffraxIntegrator(AbstractIntegrator):
             memory = (new_solver_state, cost)
             return state.replace(position=x_next.astype(x.dtype), memory=memory, nfe=nfe)
 
-        def final_step(state):
-            pred, state = evaluate(predictor, state, x, t)
-            return state.replace(position=data_step(path, x, t, t_next, pred.x0))
-
         return lax.cond(path.sigma(t_next) == 0, final_step, solver_step, state)
 
 
-class DiffraxAdaptive(AbstractIntegrator):
+class DiffraxAdaptive(AbstractDiffraxODE):
     r"""The probability-flow ODE solved adaptively between consecutive grid points by
     `diffrax.diffeqsolve` with a PID step-size controller (in $s = -t$, $dx/ds = -v(x, -s)$).
     The grid fixes only where the solution is reported; a grid $[t_{\max}, t_{\min}]$ with
-    $t_{\min} > 0$ is one fully adaptive solve. The first trial step of each interval is the
-    whole interval.
-
-    The network evaluations are counted exactly: with $S$ the tableau's stages, every attempted
-    step (accepted or rejected) costs $S$ evaluations, or $S - 1$ for FSAL solvers, whose first
-    stage is the velocity at the start of the step (carried in the integrator's memory from one
-    interval to the next; the first interval evaluates it once):
+    $t_{\min} > 0$ is one fully adaptive solve. The network evaluations are counted exactly, from
+    `diffeqsolve`'s statistics: with $S$ the tableau's stages and $c$ the predictor's network
+    evaluations per call,
 
     $$\text{NFE}_{\rm interval} = c\,(S - \mathbb 1_{\rm FSAL})\,(\text{accepted} + \text{rejected}),$$
 
-    plus $c$ once, in the first interval, for FSAL solvers; $c$ is the predictor's network
-    evaluations per call (1 for a [`Predictor`][diffuse_eqx.Predictor]) and the step counts are
-    `diffeqsolve`'s statistics.
-
-    As in [`DiffraxIntegrator`][diffuse_eqx.DiffraxIntegrator], an interval ending at
-    $\sigma = 0$ (the step to $t = 0$) is a data step (one evaluation): end an adaptive solve at
-    $t_{\min} > 0$, or use a grid $[t_{\max}, t_{\min}, 0]$ with a short last interval. A
-    one-interval grid ending at $\sigma = 0$ would be a single data step and is refused.
-    Predictors with state cannot be run; each predictor evaluation must cost a fixed number of
-    network evaluations. `state.x0` is recorded only where this integrator evaluates the
-    predictor itself (the first interval and the final data step).
+    plus $c$ once, in the first interval, for FSAL solvers. An interval ending at $\sigma = 0$ is a data
+    step (one evaluation; a one-interval grid ending there is refused): end at $t_{\min} > 0$ or use a
+    grid $[t_{\max}, t_{\min}, 0]$. Predictors with state cannot be run, and each predictor evaluation
+    must cost a fixed number of network evaluations. Details:
+    [Concepts → Diffrax solvers][diffrax-integrators].
 
     ??? cite "Reference"
         ```bibtex
         @phdthesis{kidger2021on,
-          title={On Neural Differential Equations},
-          author={Patrick Kidger},
-          school={University of Oxford},
-          year={2021}}
+          title={On Neural Differential Equations}, author={Patrick Kidger},
+          school={University of Oxford}, year={2021}}
         ```
 
     **Arguments:**
@@ -286,29 +281,14 @@ class DiffraxAdaptive(AbstractIntegrator):
     max_steps: int = eqx.field(default=4096, static=True)
 
     def __check_init__(self):
-        _ode_stages(self.solver, "DiffraxAdaptive")
         if not isinstance(self.solver, dfx.AbstractAdaptiveSolver):
             raise ValueError(
                 f"DiffraxAdaptive needs a solver with an error estimate; {type(self.solver).__name__} has "
                 "none. Use e.g. diffrax.Tsit5(), or DiffraxIntegrator for fixed steps."
             )
         for name in ("rtol", "atol"):
-            value = getattr(self, name)
-            if concrete(value) and not value > 0:
-                raise ValueError(f"DiffraxAdaptive {name} must be positive; got {name}={value}.")
-        if not (isinstance(self.max_steps, int | np.integer) and self.max_steps > 0):
-            raise ValueError(f"DiffraxAdaptive max_steps must be a positive int; got {self.max_steps!r}.")
-
-    @property
-    def order(self) -> int:
-        """The solver's ODE order, `solver.order(terms)`."""
-        return self.solver.order(_ODE_TERM)
-
-    @property
-    def nfe_per_step(self) -> int:
-        """Evaluations per attempted solver step (the steps per grid interval are adaptive)."""
-        stages = _ode_stages(self.solver, "DiffraxAdaptive")
-        return stages.n - stages.fsal
+            check_value(f"DiffraxAdaptive {name}", getattr(self, name), lambda v: v > 0, "positive")
+        check_int("DiffraxAdaptive max_steps", self.max_steps)
 
     def init(self, predictor: AbstractPredictor, x: Particle, key: Key, ts: Grid) -> IntegratorState:
         cost = _cost(predictor, x, ts[0], "DiffraxAdaptive")
@@ -328,7 +308,8 @@ class DiffraxAdaptive(AbstractIntegrator):
     ) -> IntegratorState:
         x, path = state.position, predictor.path
         (known, f_start), cost = state.memory
-        stages = _ode_stages(self.solver, "DiffraxAdaptive")
+        stages = _ode_stages(self.solver)
+        final_step = functools.partial(evaluate_and_data_step, predictor, t=t, t_next=t_next)
 
         def adaptive(state):
             term = _velocity_term(predictor)
@@ -361,10 +342,6 @@ class DiffraxAdaptive(AbstractIntegrator):
             memory = ((jnp.asarray(True), f_end), cost)
             return state.replace(position=sol.ys[0].astype(x.dtype), memory=memory, nfe=nfe)
 
-        def final_step(state):
-            pred, state = evaluate(predictor, state, x, t)
-            return state.replace(position=data_step(path, x, t, t_next, pred.x0))
-
         return lax.cond(path.sigma(t_next) == 0, final_step, adaptive, state)
 
 
@@ -375,36 +352,19 @@ class DiffraxSDE(AbstractIntegrator):
 
     from $t_{\max}$ down to 0, with $f$ and $g^2$ the path's
     [`drift_coefficient`][diffuse_eqx.AbstractPath.drift_coefficient] and
-    [`diffusion_squared`][diffuse_eqx.AbstractPath.diffusion_squared]. Diffrax integrates forward
-    in time, so the solver sees $s = -t$: $dx = -[f x - g^2 \nabla\log p]\,ds + g\,dW_s$. The noise
-    is additive ($g$ does not depend on $x$), so Itô and Stratonovich solutions coincide and every
-    solver converges to it. The Brownian motion is one `diffrax.VirtualBrownianTree` per
-    particle over the whole grid (with the space-time Lévy areas that stochastic Runge--Kutta
-    solvers need), drawn from a key split off the particle's key in `init`: refining the grid
-    with the same key refines the same Brownian path.
-
-    Weak order: Euler--Maruyama (`diffrax.Euler`, and `EulerHeun`, which coincides with it for
-    additive noise) has weak order 1; a solver of strong order $p$ has weak order at least $p$
-    (`ShARK`, `SRA1`, `SlowRK`: strong order 1.5 for additive noise). `order` reports 1, the order
-    guaranteed for every solver accepted here, as the endpoint steps below are first order:
-
-    - the step to $\sigma = 0$ (to $t = 0$) is a data step (the score is never evaluated at
-      $\sigma = 0$), one evaluation;
-    - a step from $\alpha = 0$ (`Flow` at $t = 1$, where $f = \dot\alpha/\alpha$ is infinite) is
-      the exact posterior step given $\hat x_0$, $x_s = \alpha_s \hat x_0 + \sigma_s z$ (DDIM with
-      $\eta = 1$), with $z$ the Brownian increment over the step, normalised; one evaluation.
-
-    Each regular step costs the solver's drift evaluations (the diffusion does not call the
-    network). Predictors with state cannot be run; each predictor evaluation must cost a fixed
-    number of network evaluations. `state.x0` is recorded only by the endpoint steps.
+    [`diffusion_squared`][diffuse_eqx.AbstractPath.diffusion_squared] (the noise is additive). The
+    Brownian motion is one `diffrax.VirtualBrownianTree` per particle, from the particle's key:
+    refining the grid with the same key refines the same Brownian path. Each regular step costs the
+    solver's drift evaluations; the step to $\sigma = 0$ is a data step and a step from $\alpha = 0$
+    is DDIM's ($\eta = 1$), one evaluation each. `order` reports 1, the weak order guaranteed for
+    every solver accepted. Predictors with state cannot be run, and each predictor evaluation must
+    cost a fixed number of network evaluations. Details: [Concepts → Diffrax solvers][diffrax-integrators].
 
     ??? cite "Reference"
         ```bibtex
         @phdthesis{kidger2021on,
-          title={On Neural Differential Equations},
-          author={Patrick Kidger},
-          school={University of Oxford},
-          year={2021}}
+          title={On Neural Differential Equations}, author={Patrick Kidger},
+          school={University of Oxford}, year={2021}}
         @inproceedings{song2021scorebased,
           title={Score-Based Generative Modeling through Stochastic Differential Equations},
           author={Song, Yang and Sohl-Dickstein, Jascha and Kingma, Diederik P. and Kumar, Abhishek
@@ -425,15 +385,19 @@ class DiffraxSDE(AbstractIntegrator):
     """
 
     solver: dfx.AbstractSolver = dfx.ShARK()
-    order: ClassVar[int] = 1
 
     def __check_init__(self):
-        _sde_stages(self.solver, "DiffraxSDE")
+        _check_sde_solver(self.solver, "DiffraxSDE")
+
+    @property
+    def order(self) -> int:
+        """1, the weak order guaranteed for every solver accepted (see above)."""
+        return 1
 
     @property
     def nfe_per_step(self) -> int:
         """Drift evaluations of a regular step."""
-        stages = _sde_stages(self.solver, "DiffraxSDE")
+        stages = _sde_stages(self.solver)
         return stages.n - stages.fsal
 
     def _levy_area(self) -> type:
@@ -463,8 +427,9 @@ class DiffraxSDE(AbstractIntegrator):
     ) -> IntegratorState:
         x, path = state.position, predictor.path
         brownian, solver_state, cost = state.memory
-        stages = _sde_stages(self.solver, "DiffraxSDE")
+        stages = _sde_stages(self.solver)
         s, s_next = -jnp.asarray(t), -jnp.asarray(t_next)
+        final_step = functools.partial(evaluate_and_data_step, predictor, t=t, t_next=t_next)
 
         def solver_step(state):
             terms = _reverse_sde_terms(predictor, brownian)
@@ -474,10 +439,6 @@ class DiffraxSDE(AbstractIntegrator):
             nfe = state.nfe + _evaluations(stages, solver_state) * cost
             memory = (brownian, new_solver_state, cost)
             return state.replace(position=x_next.astype(x.dtype), memory=memory, nfe=nfe)
-
-        def final_step(state):
-            pred, state = evaluate(predictor, state, x, t)
-            return state.replace(position=data_step(path, x, t, t_next, pred.x0))
 
         def posterior_step(state):
             pred, state = evaluate(predictor, state, x, t)

@@ -1,14 +1,12 @@
-from typing import ClassVar
-
 import jax.lax as lax
 import jax.numpy as jnp
 
-from .._custom_types import Grid, Key, Particle, Time
+from .._custom_types import Time
 from .._predictor import AbstractPredictor
-from .base import AbstractIntegrator, IntegratorState, data_step, evaluate
+from .base import AbstractSingleStep, IntegratorState, data_step, evaluate
 
 
-class DPMpp2S(AbstractIntegrator):
+class DPMpp2S(AbstractSingleStep):
     r"""DPM-Solver++(2S) (Lu et al. 2022, Alg. 1 with $r = 1/2$): a single-step second-order
     exponential integrator in data prediction, with its intermediate point at the midpoint in
     $\lambda = \log(\alpha/\sigma)$, not in $t$:
@@ -32,27 +30,28 @@ class DPMpp2S(AbstractIntegrator):
         ```
     """
 
-    order: ClassVar[int] = 2
-    nfe_per_step: ClassVar[int] = 2
+    @property
+    def order(self) -> int:
+        return 2
 
-    def init(self, predictor: AbstractPredictor, x: Particle, key: Key, ts: Grid) -> IntegratorState:
-        return IntegratorState(x, key)
+    @property
+    def nfe_per_step(self) -> int:
+        return 2
 
     def step(
         self, predictor: AbstractPredictor, state: IntegratorState, t: Time, t_next: Time
     ) -> IntegratorState:
         x, path = state.position, predictor.path
         pred, state = evaluate(predictor, state, x, t)
-        x0_t = pred.x0
         lam_t, lam_s = path.lambda_(t), path.lambda_(t_next)
 
         def midpoint(state):
             u = path.t_from_lambda((lam_t + lam_s) / 2)
-            pred_u, state = evaluate(predictor, state, data_step(path, x, t, u, x0_t), u)
+            pred_u, state = evaluate(predictor, state, data_step(path, x, t, u, pred.x0), u)
             return state.replace(position=data_step(path, x, t, t_next, pred_u.x0))
 
         def first_order(state):
-            return state.replace(position=data_step(path, x, t, t_next, x0_t))
+            return state.replace(position=data_step(path, x, t, t_next, pred.x0))
 
         finite = jnp.isfinite(lam_t) & jnp.isfinite(lam_s)
         return lax.cond(finite, midpoint, first_order, state)

@@ -1,11 +1,9 @@
-from typing import ClassVar
-
-from .._custom_types import Grid, Key, Particle, Time
+from .._custom_types import Time
 from .._predictor import AbstractPredictor
-from .base import AbstractIntegrator, IntegratorState, evaluate
+from .base import AbstractSingleStep, IntegratorState, evaluate
 
 
-class Euler(AbstractIntegrator):
+class Euler(AbstractSingleStep):
     r"""Euler's method on the probability-flow ODE $dx/dt = v(x, t)$:
 
     $$x_{t_{i+1}} = x_{t_i} + (t_{i+1} - t_i)\, v(x_{t_i}, t_i).$$
@@ -13,11 +11,13 @@ class Euler(AbstractIntegrator):
     First order, one network evaluation per step.
     """
 
-    order: ClassVar[int] = 1
-    nfe_per_step: ClassVar[int] = 1
+    @property
+    def order(self) -> int:
+        return 1
 
-    def init(self, predictor: AbstractPredictor, x: Particle, key: Key, ts: Grid) -> IntegratorState:
-        return IntegratorState(x, key)
+    @property
+    def nfe_per_step(self) -> int:
+        return 1
 
     def step(
         self, predictor: AbstractPredictor, state: IntegratorState, t: Time, t_next: Time

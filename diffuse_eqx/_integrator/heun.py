@@ -1,14 +1,12 @@
-from typing import ClassVar
-
 import equinox as eqx
 import jax.lax as lax
 
-from .._custom_types import Grid, Key, Particle, Time
+from .._custom_types import Time
 from .._predictor import AbstractPredictor
-from .base import AbstractIntegrator, IntegratorState, evaluate
+from .base import AbstractSingleStep, IntegratorState, evaluate
 
 
-class Heun(AbstractIntegrator):
+class Heun(AbstractSingleStep):
     r"""Heun's method (explicit trapezoidal rule, Karras et al. 2022, Alg. 1):
 
     $$\tilde x = x_t + h\, v(x_t, t), \qquad x_{s} = x_t + \tfrac{h}{2}\big(v(x_t, t) + v(\tilde x, s)\big),
@@ -27,11 +25,13 @@ class Heun(AbstractIntegrator):
 
     euler_last_step: bool = eqx.field(default=True, static=True)
 
-    order: ClassVar[int] = 2
-    nfe_per_step: ClassVar[int] = 2
+    @property
+    def order(self) -> int:
+        return 2
 
-    def init(self, predictor: AbstractPredictor, x: Particle, key: Key, ts: Grid) -> IntegratorState:
-        return IntegratorState(x, key)
+    @property
+    def nfe_per_step(self) -> int:
+        return 2
 
     def step(
         self, predictor: AbstractPredictor, state: IntegratorState, t: Time, t_next: Time
