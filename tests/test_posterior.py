@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import optax
 import pytest
 
 import diffuse_eqx as dx
-from diffuse_eqx._inverse.guidance import gram_solve
 
 
 PATH = dx.Flow()
@@ -171,7 +171,7 @@ def test_gram_solve_against_dense_matrices():
     def solve_and_densify(op, x, noise):
         dense = jax.jacfwd(lambda v: realify(op.apply(v.reshape(x.shape))))(jnp.zeros(x.size))
         r = op.apply(x) + op.sigma_y * op.apply(noise)  # y - A x0 of a measurement: in the range of A
-        return gram_solve(op, c, r), dense, realify(r)
+        return op.gram_solve(c, r), dense, realify(r)
 
     for op, shape in cases:
         x, noise = jnp.asarray(rng.normal(size=shape)), jnp.asarray(rng.normal(size=shape))
@@ -263,7 +263,7 @@ def test_reddiff_sgd_follows_its_mean_recursion():
     standard errors of the particles' spread."""
     gmm = gaussian(False)
     lr, lam, n_steps = 0.2, 0.5, 30
-    red = dx.RedDiff(dx.Matrix(A, SIGMA_Y), Y, lr=lr, reg_weight=lam, optimizer="sgd")
+    red = dx.RedDiff(dx.Matrix(A, SIGMA_Y), Y, lr=lr, reg_weight=lam, optimizer=optax.sgd(lr))
     out = generate(prior_predictor(gmm), red, n_steps)
     assert int(out.nfe) == n_steps
     ts = np.asarray(dx.UniformTimer(n_steps).times())

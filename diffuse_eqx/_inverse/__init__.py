@@ -1,11 +1,8 @@
-from .guidance import (
-    DDNM as DDNM,
-    DPS as DPS,
-    TMPD as TMPD,
-    AbstractPosteriorGuidance as AbstractPosteriorGuidance,
-    ExactPosteriorGuidance as ExactPosteriorGuidance,
-    PiGDM as PiGDM,
-)
+from .base import AbstractPosteriorGuidance as AbstractPosteriorGuidance
+from .daps import DAPS as DAPS
+from .ddnm import DDNM as DDNM
+from .dps import DPS as DPS
+from .mcgdiff import MCGdiff as MCGdiff
 from .operators import (
     MRI as MRI,
     AbstractLinearOperator as AbstractLinearOperator,
@@ -21,13 +18,15 @@ from .operators import (
     motion_kernel as motion_kernel,
     random_mask as random_mask,
 )
-from .samplers import DAPS as DAPS, RedDiff as RedDiff, RePaint as RePaint
-from .smc import (
-    TDS as TDS,
-    AbstractSMCSampler as AbstractSMCSampler,
-    MCGdiff as MCGdiff,
-    SMCOutput as SMCOutput,
+from .oracle import ExactPosteriorGuidance as ExactPosteriorGuidance
+from .pigdm import PiGDM as PiGDM
+from .red_diff import RedDiff as RedDiff
+from .repaint import RePaint as RePaint
+from .resampling import (
     ess as ess,
     resample_if_needed as resample_if_needed,
     systematic_resample as systematic_resample,
 )
+from .smc_base import AbstractSMCSampler as AbstractSMCSampler, SMCOutput as SMCOutput
+from .tds import TDS as TDS
+from .tmpd import TMPD as TMPD
