@@ -13,14 +13,14 @@ error (each sample assigned to the nearest posterior component mean; total varia
 frequencies and the posterior weights, next to the same TV for M exact samples); NFE (network
 evaluations per particle, sequential); network evaluations per returned sample; wall time of the
 compiled sampler. SMC methods run one ensemble of N particles and return M draws from its final
-weights; the guidance-type methods of `diffuse_eqx._inverse` (imported if present) run one
+weights; the guidance-type methods (those `diffuse_eqx` exports; missing ones are skipped) run one
 particle per sample with `DDIM(eta=1)` (RePaint, DAPS and RED-diff are integrators themselves).
 
 All on the Flow path with `FluxTimer(n_steps, shift=3)` (a uniform grid in t biases the prior's own
 mode weights under DDIM(eta=1) at 100 steps by a total variation of about 0.06, three times more),
-and the exact mixture denoiser E[x0 | x_t], written with precision matrices (checked against
-`GaussianMixture.x0` at start-up; the covariances do not depend on x, so under vmap they are inverted
-once per time instead of one Cholesky solve per particle).
+and the prior's exact denoiser E[x0 | x_t], `prior.network(path, "x0")` (its covariance terms depend
+on t only, so under vmap they are computed once per time; tests/test_gaussian_mixture.py checks it
+against an independent reference).
 
     python benchmarks/posterior_gmm.py            # d_y in {1, 2, 4}, 5 seeds, M = 1000, 100 steps
     python benchmarks/posterior_gmm.py --quick    # 2 seeds, M = 500, 50 steps, smaller ensembles
@@ -32,7 +32,6 @@ from collections import defaultdict
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
@@ -61,30 +60,6 @@ def mixture_problem(seed: int, d_x: int = 8, d_y: int = 2):
     return prior, A, A @ x + sigma_y * rng.normal(size=d_y), float(sigma_y)
 
 
-class MixtureX0(eqx.Module):
-    """The exact denoiser E[x0 | x_t = x] of a GaussianMixture, through precision matrices."""
-
-    prior: dx.GaussianMixture
-    path: dx.AbstractPath
-
-    def __call__(self, x, t):
-        a, s = self.path.alpha(t), self.path.sigma(t)
-        cov_t = a**2 * self.prior.covs + s**2 * jnp.eye(self.prior.dim)
-        prec, logdet = jnp.linalg.inv(cov_t), jnp.linalg.slogdet(cov_t)[1]
-        diff = x - a * self.prior.means
-        prec_diff = jnp.einsum("kij,kj->ki", prec, diff)
-        r = jax.nn.softmax(jnp.log(self.prior.weights) - 0.5 * (jnp.sum(diff * prec_diff, -1) + logdet))
-        return r @ (self.prior.means + a * jnp.einsum("kij,kj->ki", self.prior.covs, prec_diff))
-
-
-def check_network(prior, path):
-    xs = 6 * jr.normal(jr.PRNGKey(0), (16, prior.dim))
-    for t in (0.05, 0.5, 0.95):
-        fast = jax.vmap(MixtureX0(prior, path), in_axes=(0, None))(xs, t)
-        exact = jax.vmap(lambda x: prior.x0(path, x, t))(xs)
-        np.testing.assert_allclose(fast, exact, rtol=1e-9, atol=1e-9)
-
-
 def mode_tv(samples, posterior) -> float:
     """TV between the nearest-component frequencies of `samples` and the posterior weights."""
     x, mu = np.asarray(samples), np.asarray(posterior.means)
@@ -109,29 +84,21 @@ def smc_methods(pred, op, y, timer, n_particles):
 def guidance_methods(pred, prior, op, y):
     """name -> (builder of (predictor, integrator)), each with its defaults (the papers' choices;
     PiGDM and DAPS assume data of variance 1); missing classes are skipped."""
-    try:
-        from diffuse_eqx._inverse import guidance as g
-    except ImportError:
-        g = None
-    try:
-        from diffuse_eqx._inverse import samplers as s
-    except ImportError:
-        s = None
     ddpm = dx.DDIM(eta=1.0)
     specs = {
-        "Exact guidance (oracle)": (g, "ExactPosteriorGuidance", lambda c: (c(pred, prior, op, y), ddpm)),
-        "DPS": (g, "DPS", lambda c: (c(pred, op, y), ddpm)),
-        "DPS (Gaussian likelihood)": (g, "DPS", lambda c: (c(pred, op, y, likelihood="gaussian"), ddpm)),
-        "PiGDM": (g, "PiGDM", lambda c: (c(pred, op, y), ddpm)),
-        "TMPD": (g, "TMPD", lambda c: (c(pred, op, y), ddpm)),
-        "DDNM": (g, "DDNM", lambda c: (c(pred, op, y), ddpm)),
-        "RePaint": (s, "RePaint", lambda c: (pred, c(ddpm, op, y))),
-        "DAPS": (s, "DAPS", lambda c: (pred, c(op, y))),
-        "RED-diff": (s, "RedDiff", lambda c: (pred, c(op, y))),
+        "Exact guidance (oracle)": ("ExactPosteriorGuidance", lambda c: (c(pred, prior, op, y), ddpm)),
+        "DPS": ("DPS", lambda c: (c(pred, op, y), ddpm)),
+        "DPS (Gaussian likelihood)": ("DPS", lambda c: (c(pred, op, y, likelihood="gaussian"), ddpm)),
+        "PiGDM": ("PiGDM", lambda c: (c(pred, op, y), ddpm)),
+        "TMPD": ("TMPD", lambda c: (c(pred, op, y), ddpm)),
+        "DDNM": ("DDNM", lambda c: (c(pred, op, y), ddpm)),
+        "RePaint": ("RePaint", lambda c: (pred, c(ddpm, op, y))),
+        "DAPS": ("DAPS", lambda c: (pred, c(op, y))),
+        "RED-diff": ("RedDiff", lambda c: (pred, c(op, y))),
     }
     out = {}
-    for name, (module, cls_name, build) in specs.items():
-        cls = getattr(module, cls_name, None) if module is not None else None
+    for name, (cls_name, build) in specs.items():
+        cls = getattr(dx, cls_name, None)
         if cls is not None:
             out[name] = lambda build=build, cls=cls: build(cls)
     return out
@@ -227,8 +194,6 @@ def main():
         floors, exact_tvs, failed = [], [], defaultdict(int)
         for seed in range(n_seeds):
             prior, A, y, sigma_y = mixture_problem(seed, d_x, d_y)
-            if seed == 0:
-                check_network(prior, path)
             posterior = prior.posterior(A, y, sigma_y)
             exact = posterior.sample(jr.PRNGKey(10_000 + seed), M)
             pairs = [
@@ -238,7 +203,7 @@ def main():
             floor = float(np.mean([dx.sliced_wasserstein(a, b, sw_key) for a, b in pairs]))
             floors.append(floor)
             exact_tvs.append(mode_tv(exact, posterior))
-            pred = dx.Predictor(MixtureX0(prior, path), path, "x0")
+            pred = dx.Predictor(prior.network(path, "x0"), path, "x0")
             op = dx.Matrix(A, sigma_y=sigma_y)
             key = jr.PRNGKey(seed)
             runs = {

@@ -27,7 +27,10 @@ class GaussianMixture(eqx.Module):
 
     $\mathbb E[\varepsilon\mid x_t = x] = \sigma_t \sum_k r_k C_k^{-1}(x - \alpha_t\mu_k)$, and the
     velocity $\dot\alpha_t \mathbb E[x_0\mid x] + \dot\sigma_t \mathbb E[\varepsilon \mid x]$. These are
-    computed directly (not through each other), so they stay finite at both ends of every path.
+    computed directly (not through each other), so they stay finite at both ends of every path. What
+    depends on $t$ only (the Cholesky factors $C_k = L_k L_k^\top$, $L_k^{-1}$, $\log\det C_k$) is
+    computed apart: under `jax.vmap` over points with one $t$ it is computed once, and each point costs
+    matrix-vector products, $C_k^{-1}(x - \alpha_t\mu_k) = L_k^{-\top} L_k^{-1}(x - \alpha_t\mu_k)$.
 
     **Arguments:**
 
@@ -101,17 +104,25 @@ class GaussianMixture(eqx.Module):
         eye = jnp.eye(self.dim, dtype=self.covs.dtype)
         return GaussianMixture(self.weights, a * self.means, a**2 * self.covs + s**2 * eye)
 
-    def _posterior_terms(self, path: AbstractPath, x, t):
-        """Responsibilities r_k and the vectors C_k^{-1}(x - a mu_k)."""
-        self._check_point(x)
+    def _time_terms(self, path: AbstractPath, t):
+        """What depends on t only: a, s, the inverse Cholesky factors L_k^{-1} of C_k = L_k L_k^T and
+        log det C_k. Under vmap over points with one t it is computed once per time."""
         a, s = path.alpha(t), path.sigma(t)
         eye = jnp.eye(self.dim, dtype=self.covs.dtype)
-        cov_t = a**2 * self.covs + s**2 * eye
-        chol = jnp.linalg.cholesky(cov_t)
-        diff = x - a * self.means
-        prec_diff = jax.scipy.linalg.cho_solve((chol, True), diff[..., None])[..., 0]
+        chol = jnp.linalg.cholesky(a**2 * self.covs + s**2 * eye)
+        chol_inv = jax.scipy.linalg.solve_triangular(chol, jnp.broadcast_to(eye, chol.shape), lower=True)
         logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
-        logits = jnp.log(self.weights) - 0.5 * (jnp.sum(diff * prec_diff, -1) + logdet)
+        return a, s, chol_inv, logdet
+
+    def _posterior_terms(self, path: AbstractPath, x, t):
+        """Responsibilities r_k and the vectors C_k^{-1}(x - a mu_k) = L_k^{-T} L_k^{-1}(x - a mu_k), by
+        matrix-vector products with the t-only factors (no solve per point)."""
+        self._check_point(x)
+        a, s, chol_inv, logdet = self._time_terms(path, t)
+        # L^{-1} x - a L^{-1} mu: under vmap with one t, one matrix product for all points.
+        white = jnp.einsum("kij,j->ki", chol_inv, x) - a * jnp.einsum("kij,kj->ki", chol_inv, self.means)
+        prec_diff = jnp.einsum("kji,kj->ki", chol_inv, white)
+        logits = jnp.log(self.weights) - 0.5 * (jnp.sum(white**2, -1) + logdet)
         return jax.nn.softmax(logits), prec_diff, a, s
 
     def score(self, path: AbstractPath, x: Float[Array, " d"], t: Time) -> Float[Array, " d"]:
