@@ -14,52 +14,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
+from flux_helpers import FLUX_VAE, SD_VAE, autoencoder, autoencoder_to_bfl, rel_err, save  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from diffuse_eqx.models._weights import CheckpointError  # noqa: E402
 from diffuse_eqx.models.flux.autoencoder import Autoencoder, AutoencoderConfig  # noqa: E402
 
 
-# FLUX's structure (8x downsampling, 16 latent channels, no quant convs, FLUX's latent normalisation),
-# small channels; and another with quant convs, 8 groups, no shift and no mid-block attention.
-FLUX_LIKE = dict(
-    block_out_channels=(32, 32, 64, 64),
-    layers_per_block=1,
-    latent_channels=16,
-    norm_num_groups=32,
-    scaling_factor=0.3611,
-    shift_factor=0.1159,
-    use_quant_conv=False,
-    use_post_quant_conv=False,
-)
-SD_LIKE = dict(
-    block_out_channels=(16, 32),
-    layers_per_block=2,
-    latent_channels=4,
-    norm_num_groups=8,
-    scaling_factor=0.18215,
-    shift_factor=None,
-    use_quant_conv=True,
-    use_post_quant_conv=True,
-    mid_block_add_attention=False,
-)
 SIZE = 32  # image side
-
-
-def make_vae(kwargs, seed=0):
-    n = len(kwargs["block_out_channels"])
-    torch.manual_seed(seed)
-    vae = diffusers.AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * n,
-        up_block_types=("UpDecoderBlock2D",) * n,
-        **kwargs,
-    ).eval()
-    with torch.no_grad():  # norms that are not the identity
-        for module in vae.modules():
-            if isinstance(module, torch.nn.GroupNorm):
-                module.weight.add_(0.2 * torch.randn_like(module.weight))
-                module.bias.add_(0.2 * torch.randn_like(module.bias))
-    return vae
 
 
 def reference(vae, image, latent):
@@ -83,15 +45,10 @@ def inputs(vae, seed=1):
 @pytest.fixture(scope="module")
 def flux_vae(tmp_path_factory):
     """A FLUX-like diffusers VAE, saved as a diffusers folder; with its reference outputs."""
-    vae = make_vae(FLUX_LIKE)
-    folder = tmp_path_factory.mktemp("flux") / "vae"
-    vae.save_pretrained(folder)
+    vae = autoencoder(**FLUX_VAE)
+    folder = save(vae, tmp_path_factory.mktemp("flux") / "vae")
     image, latent = inputs(vae)
     return vae, folder, image, latent, reference(vae, image, latent)
-
-
-def rel_err(ours, ref):
-    return float(np.max(np.abs(np.asarray(ours, np.float64) - ref)) / np.max(np.abs(ref)))
 
 
 @eqx.filter_jit
@@ -112,14 +69,14 @@ def check_parity(ae, image, latent, ref):
 def test_parity_flux_like(flux_vae):
     vae, folder, image, latent, ref = flux_vae
     ae = Autoencoder.from_pretrained(folder)
-    assert ae.config == AutoencoderConfig(**FLUX_LIKE)
+    assert ae.config == AutoencoderConfig(**FLUX_VAE)
     assert ae.config.downsampling == 8 and ae.quant_conv is None and ae.post_quant_conv is None
     check_parity(ae, image, latent, ref)
 
 
 def test_parity_quant_convs(tmp_path):
-    vae = make_vae(SD_LIKE, seed=2)
-    vae.save_pretrained(tmp_path / "vae")
+    vae = autoencoder(**SD_VAE, seed=2)
+    save(vae, tmp_path / "vae")
     image, latent = inputs(vae, seed=3)
     ae = Autoencoder.from_pretrained(tmp_path / "vae")
     assert ae.quant_conv is not None and ae.post_quant_conv is not None and ae.config.shift_factor == 0.0
@@ -127,44 +84,10 @@ def test_parity_quant_convs(tmp_path):
     check_parity(ae, image, latent, reference(vae, image, latent))
 
 
-def to_bfl(state: dict, n_levels: int) -> dict:
-    """Diffusers `AutoencoderKL` names to BFL's `ae.safetensors` names (the inverse of diffusers'
-    `convert_ldm_vae_checkpoint`), attention projections as 1x1 convolutions."""
-    out = {}
-    for name, tensor in state.items():
-        new = re.sub(r"encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block.", name)
-        new = re.sub(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", new)
-        new = re.sub(
-            r"decoder\.up_blocks\.(\d+)\.resnets\.",
-            lambda m: f"decoder.up.{n_levels - 1 - int(m[1])}.block.",
-            new,
-        )
-        new = re.sub(
-            r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.",
-            lambda m: f"decoder.up.{n_levels - 1 - int(m[1])}.upsample.",
-            new,
-        )
-        new = re.sub(r"mid_block\.resnets\.(\d)\.", lambda m: f"mid.block_{int(m[1]) + 1}.", new)
-        for old, bfl in [
-            ("group_norm", "norm"),
-            ("to_q", "q"),
-            ("to_k", "k"),
-            ("to_v", "v"),
-            ("to_out.0", "proj_out"),
-        ]:
-            new = new.replace(f"mid_block.attentions.0.{old}.", f"mid.attn_1.{bfl}.")
-        new = new.replace("conv_shortcut", "nin_shortcut").replace("conv_norm_out", "norm_out")
-        if re.search(r"attn_1\.(q|k|v|proj_out)\.weight", new):
-            tensor = tensor[:, :, None, None]
-        assert new not in out
-        out[new] = tensor.contiguous()
-    return out
-
-
 @pytest.mark.parametrize("prefix", ["", "vae."])
 def test_bfl_single_file_gives_the_same_model(flux_vae, tmp_path, prefix):
     vae, folder, *_ = flux_vae
-    bfl = to_bfl(vae.state_dict(), n_levels=len(FLUX_LIKE["block_out_channels"]))
+    bfl = autoencoder_to_bfl(vae)
     assert "decoder.up.1.block.0.nin_shortcut.weight" in bfl and bfl["encoder.mid.attn_1.q.weight"].ndim == 4
     save_file({prefix + k: v for k, v in bfl.items()}, tmp_path / "ae.safetensors")
     ours = Autoencoder.from_pretrained(tmp_path / "ae.safetensors")  # config inferred from the shapes
@@ -234,7 +157,7 @@ def test_bad_diffusers_checkpoints_name_the_tensor(flux_vae, tmp_path, edit, mat
 
 
 def test_bad_bfl_checkpoint_names_the_tensor(flux_vae, tmp_path):
-    bfl = to_bfl(flux_vae[0].state_dict(), n_levels=len(FLUX_LIKE["block_out_channels"]))
+    bfl = autoencoder_to_bfl(flux_vae[0])
     del bfl["decoder.up.0.block.1.norm2.weight"]
     save_file(bfl, tmp_path / "ae.safetensors")
     with pytest.raises(CheckpointError, match="missing tensor 'decoder.up.0.block.1.norm2.weight'"):

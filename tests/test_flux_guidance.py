@@ -1,5 +1,5 @@
 """FLUX.1-dev "true CFG" (a prompt and a negative prompt combined by CFG, beside the distilled
-guidance embedding) on the tiny random checkpoint of tests/test_flux_pipeline.py: against diffusers'
+guidance embedding) on the tiny random checkpoint of tests/flux_helpers.py: against diffusers'
 FluxPipeline(true_cfg_scale=...), and through `generate` / the `diffuse-eqx generate` command."""
 
 import re
@@ -9,7 +9,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 import torch
-from test_flux_pipeline import HEIGHT, PROMPT, WIDTH, checkpoint, rel_err  # noqa: F401 (fixture)
+from flux_helpers import HEIGHT, PROMPT, WIDTH, pipeline, rel_err, save
 
 import diffuse_eqx as dx
 from diffuse_eqx.models.flux import FluxPipeline
@@ -18,7 +18,13 @@ from diffuse_eqx.models.flux import FluxPipeline
 NEGATIVE = "a photo of dog"
 
 
-def test_true_cfg_matches_diffusers(checkpoint):  # noqa: F811
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """The tiny FLUX.1-dev-shaped diffusers pipeline with random weights, saved in the real layout."""
+    return save(pipeline(), tmp_path_factory.mktemp("flux") / "tiny-flux"), pipeline()
+
+
+def test_true_cfg_matches_diffusers(checkpoint):
     """Same prompt embeddings, negative embeddings, noise and sigmas: CFG over
     `network_with_negative` (one transformer call of batch 2) + Euler + FluxTimer against diffusers'
     FluxPipeline(true_cfg_scale=3, guidance_scale=3.5, output_type="latent")."""
@@ -64,7 +70,7 @@ def evaluations(text: str) -> int:
     return int(re.search(r"\((\d+) evaluations each\)", text).group(1))
 
 
-def test_generate_true_cfg_command(checkpoint, tmp_path, capsys):  # noqa: F811
+def test_generate_true_cfg_command(checkpoint, tmp_path, capsys):
     """`--true-cfg 1` is no true CFG (identical images), `--true-cfg 4` changes the images and
     doubles the reported NFE; `--true-cfg` without a negative prompt is an error."""
     from PIL import Image

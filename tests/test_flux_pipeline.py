@@ -7,129 +7,16 @@ import jax.random as jr
 import numpy as np
 import pytest
 import torch
+from flux_helpers import HEIGHT, PROMPT, WIDTH, pipeline, rel_err, save
 
 import diffuse_eqx as dx
 from diffuse_eqx.models.flux import FluxPipeline
 
 
-HEIGHT = WIDTH = 32
-PROMPT = "a serene mountain lake at sunset highly detailed"
-
-
-def tiny_tokenizer(model_max_length):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    words = "a photo of cat dog serene mountain lake at sunset highly detailed landscape".split()
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, "<s>": 3, **{w: i + 4 for i, w in enumerate(words)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", special_tokens=[("<s>", 3), ("</s>", 1)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        eos_token="</s>",
-        bos_token="<s>",
-        unk_token="<unk>",
-        model_max_length=model_max_length,
-    )
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A tiny FLUX.1-dev-shaped diffusers pipeline with random weights, saved in the real layout."""
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        FluxPipeline as TorchFluxPipeline,
-        FluxTransformer2DModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
-    torch.manual_seed(0)
-    transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=16,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=24,
-        guidance_embeds=True,
-        axes_dims_rope=(4, 6, 6),
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(16, 32),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1,
-        norm_num_groups=8,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
-    clip = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=20,
-            hidden_size=24,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            max_position_embeddings=77,
-            hidden_act="quick_gelu",
-            eos_token_id=1,
-            bos_token_id=3,
-            pad_token_id=0,
-        )
-    )
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=20,
-            d_model=32,
-            d_kv=8,
-            num_heads=4,
-            d_ff=48,
-            num_layers=1,
-            feed_forward_proj="gated-gelu",
-        )
-    )
-    with torch.no_grad():  # random norms, so that none is the identity
-        for model in (transformer, vae, clip, t5):
-            model.eval()  # built directly, they start in training mode (T5 has dropout)
-            for name, p in model.named_parameters():
-                if "norm" in name and p.ndim == 1:
-                    p.add_(0.1 * torch.randn_like(p))
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-    )
-    pipe = TorchFluxPipeline(
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=clip,
-        tokenizer=tiny_tokenizer(77),
-        text_encoder_2=t5,
-        tokenizer_2=tiny_tokenizer(512),
-        transformer=transformer,
-    )
-    root = tmp_path_factory.mktemp("flux") / "tiny-flux"
-    pipe.save_pretrained(root, safe_serialization=True)
-    return root, pipe
-
-
-def rel_err(ours, ref):
-    ref = np.asarray(ref, np.float64)
-    return float(np.abs(np.asarray(ours, np.float64) - ref).max() / np.abs(ref).max())
+    """The tiny FLUX.1-dev-shaped diffusers pipeline with random weights, saved in the real layout."""
+    return save(pipeline(), tmp_path_factory.mktemp("flux") / "tiny-flux"), pipeline()
 
 
 def test_encode_prompt_matches_diffusers(checkpoint):

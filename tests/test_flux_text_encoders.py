@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import transformers
+from flux_helpers import CLIP, T5, VOCAB, clip, rel_err, save, t5
 from safetensors.numpy import load_file, save_file
 
 from diffuse_eqx.models._weights import CheckpointError
@@ -17,80 +17,25 @@ from diffuse_eqx.models.flux.clip import CLIPTextConfig, CLIPTextEncoder
 from diffuse_eqx.models.flux.t5 import T5Config, T5Encoder
 
 
-VOCAB = 100
 RTOL = 1e-4  # max |ours - reference| <= RTOL * max |reference|
-
-
-def _randomise(model: torch.nn.Module) -> torch.nn.Module:
-    """Random weights everywhere, norms included (a unit norm weight hides transposed gains)."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.3 * torch.randn_like(p))
-            elif "embed" in name or "shared" in name:
-                p.normal_(0.0, 1.0)
-            else:
-                p.normal_(0.0, 0.15)
-    return model.eval()
-
-
-def _clip_reference(path, eos_token_id):
-    torch.manual_seed(0)
-    config = transformers.CLIPTextConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        eos_token_id=eos_token_id,
-        bos_token_id=VOCAB - 2,
-    )
-    model = _randomise(transformers.CLIPTextModel(config))
-    model.save_pretrained(path)
-    return model
-
-
-def _t5_reference(path):
-    torch.manual_seed(1)
-    config = transformers.T5Config(
-        vocab_size=VOCAB,
-        d_model=32,
-        d_kv=8,
-        num_heads=4,
-        d_ff=64,
-        num_layers=2,
-        feed_forward_proj="gated-gelu",
-        relative_attention_num_buckets=32,
-        relative_attention_max_distance=128,
-    )
-    model = _randomise(transformers.T5EncoderModel(config))
-    model.save_pretrained(path)
-    return model
 
 
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("clip")
-    return _clip_reference(path, VOCAB - 1), path
+    reference = clip(**CLIP)
+    return reference, save(reference, tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture(scope="module")
 def t5_folder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("t5")
-    return _t5_reference(path), path
+    reference = t5(**T5)
+    return reference, save(reference, tmp_path_factory.mktemp("t5"))
 
 
 def _ids(seq, eos_at=(), seed=0):
     ids = np.random.default_rng(seed).integers(0, VOCAB - 1, seq).astype(np.int32)
     ids[list(eos_at)] = VOCAB - 1
     return ids
-
-
-def _ratio(ours, reference):
-    reference = reference.detach().numpy()
-    return float(np.max(np.abs(np.asarray(ours, np.float64) - reference)) / np.max(np.abs(reference)))
 
 
 def _torch(x):
@@ -102,8 +47,8 @@ def _torch(x):
 
 @pytest.mark.parametrize("eos_token_id", [VOCAB - 1, 2, 50])  # CLIP-L's rule, the legacy argmax rule
 def test_clip_matches_transformers(tmp_path, eos_token_id):
-    reference = _clip_reference(tmp_path, eos_token_id)
-    ours = CLIPTextEncoder.from_pretrained(tmp_path)
+    reference = clip(**CLIP | dict(eos_token_id=eos_token_id))
+    ours = CLIPTextEncoder.from_pretrained(save(reference, tmp_path))
     assert ours.config.eos_token_id == eos_token_id
     ids = _ids(77, eos_at=(20, 50))
     ids[ids == 50] = 51
@@ -112,8 +57,8 @@ def test_clip_matches_transformers(tmp_path, eos_token_id):
     with torch.no_grad():
         out = reference(_torch(ids))
     assert hidden.shape == (77, 32) and pooled.shape == (32,)
-    assert _ratio(hidden, out.last_hidden_state[0]) <= RTOL
-    assert _ratio(pooled, out.pooler_output[0]) <= RTOL
+    assert rel_err(hidden, out.last_hidden_state[0]) <= RTOL
+    assert rel_err(pooled, out.pooler_output[0]) <= RTOL
     expected = {VOCAB - 1: 20, 2: 20, 50: 10}[eos_token_id]
     np.testing.assert_array_equal(pooled, hidden[expected])
 
@@ -126,10 +71,10 @@ def test_clip_short_prompt_and_mask(clip_folder):
         plain = reference(_torch(ids))
         masked = reference(_torch(ids), attention_mask=_torch(mask))
     hidden, pooled = ours(ids)
-    assert _ratio(hidden, plain.last_hidden_state[0]) <= RTOL
-    assert _ratio(pooled, plain.pooler_output[0]) <= RTOL
+    assert rel_err(hidden, plain.last_hidden_state[0]) <= RTOL
+    assert rel_err(pooled, plain.pooler_output[0]) <= RTOL
     hidden, _ = ours(ids, attention_mask=mask)
-    assert _ratio(hidden, masked.last_hidden_state[0]) <= RTOL
+    assert rel_err(hidden, masked.last_hidden_state[0]) <= RTOL
     with pytest.raises(ValueError, match="at most 77"):
         ours(_ids(78))
 
@@ -143,7 +88,7 @@ def test_t5_matches_transformers(t5_folder, seq):
         out = reference(_torch(ids))
     hidden = eqx.filter_jit(ours)(ids)
     assert hidden.shape == (seq, 32)
-    assert _ratio(hidden, out.last_hidden_state[0]) <= RTOL
+    assert rel_err(hidden, out.last_hidden_state[0]) <= RTOL
 
 
 def test_t5_mask_matches_transformers(t5_folder):
@@ -152,7 +97,7 @@ def test_t5_mask_matches_transformers(t5_folder):
     with torch.no_grad():
         out = reference(_torch(ids), attention_mask=_torch(mask))
     hidden = T5Encoder.from_pretrained(path)(ids, attention_mask=mask)
-    assert _ratio(hidden, out.last_hidden_state[0]) <= RTOL
+    assert rel_err(hidden, out.last_hidden_state[0]) <= RTOL
 
 
 def test_t5_relative_buckets_match_transformers():
@@ -190,7 +135,7 @@ def test_clip_flux_layout(clip_folder, tmp_path):
     ids = _ids(77, eos_at=(5,))
     with torch.no_grad():
         out = reference(_torch(ids))
-    assert _ratio(ours(ids)[0], out.last_hidden_state[0]) <= RTOL
+    assert rel_err(ours(ids)[0], out.last_hidden_state[0]) <= RTOL
 
 
 @pytest.mark.parametrize("names", [("shared.weight",), ("encoder.embed_tokens.weight",), ("both",)])
@@ -216,7 +161,7 @@ def test_t5_tied_embeddings_and_shards(t5_folder, tmp_path, names):
     ids = _ids(20, eos_at=(19,))
     with torch.no_grad():
         out = reference(_torch(ids))
-    assert _ratio(T5Encoder.from_pretrained(folder)(ids), out.last_hidden_state[0]) <= RTOL
+    assert rel_err(T5Encoder.from_pretrained(folder)(ids), out.last_hidden_state[0]) <= RTOL
 
 
 # ---------------------------------------------------------------------------------------------- errors

@@ -1,14 +1,13 @@
 """FLUX.1 transformer: parity with diffusers' `FluxTransformer2DModel` on small random configurations,
 both checkpoint layouts, checkpoint errors, bf16, and a compiled size that does not grow with depth."""
 
-import functools
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flux_helpers import TRANSFORMER as SMALL, rel_err, save, transformer as reference, transformer_to_bfl
 from safetensors.torch import save_file
 
 from diffuse_eqx.models._weights import CheckpointError
@@ -17,17 +16,6 @@ from diffuse_eqx.models.flux.transformer import FluxTransformer, FluxTransformer
 
 diffusers = pytest.importorskip("diffusers")
 
-SMALL = dict(
-    patch_size=1,
-    in_channels=16,
-    num_layers=2,
-    num_single_layers=2,
-    attention_head_dim=16,
-    num_attention_heads=2,
-    joint_attention_dim=32,
-    pooled_projection_dim=24,
-    axes_dims_rope=(4, 6, 6),
-)
 AXES = (4, 6, 6)
 
 
@@ -46,32 +34,16 @@ def small_config(**changes) -> FluxTransformerConfig:
     return FluxTransformerConfig(**(base | changes))
 
 
-@functools.cache
-def reference(guidance: bool):
-    """A small diffusers model with random weights (unit-gain linears, QK-norm scales away from 1)."""
-    torch.manual_seed(0 if guidance else 1)
-    model = diffusers.FluxTransformer2DModel(**SMALL, guidance_embeds=guidance).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name and p.ndim == 1:
-                p.copy_(1 + 0.3 * torch.randn_like(p))
-            elif p.ndim == 2:
-                p.copy_(torch.randn_like(p) / p.shape[1] ** 0.5)
-            else:
-                p.copy_(0.1 * torch.randn_like(p))
-    return model
-
-
-@functools.cache
-def saved(guidance: bool, tmp_root) -> str:
-    folder = tmp_root / f"flux_{'dev' if guidance else 'schnell'}" / "transformer"
-    reference(guidance).save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def tmp_root(tmp_path_factory):
     return tmp_path_factory.mktemp("flux_transformer")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_root):
+    """The small diffusers `transformer/` folders, with (dev) and without (schnell) guidance."""
+    name = {True: "flux_dev", False: "flux_schnell"}
+    return {g: save(reference(g), tmp_root / name[g] / "transformer") for g in (True, False)}
 
 
 def inputs(l_rows: int, l_cols: int, l_txt: int, seed: int, frame: int = 0):
@@ -109,58 +81,8 @@ def f32(*arrays):
     return [jnp.asarray(a, jnp.float32) for a in arrays]
 
 
-def to_bfl(sd: dict, n_double: int, n_single: int) -> dict:
-    """diffusers `FluxTransformer2DModel` state dict -> BFL names (the inverse of diffusers'
-    `convert_flux_transformer_checkpoint_to_diffusers`)."""
-    sd = {k: v.detach().clone().contiguous() for k, v in sd.items()}
-    out = {}
-
-    def linear(bfl, *names):
-        for leaf in ("weight", "bias"):
-            out[f"{bfl}.{leaf}"] = torch.cat([sd.pop(f"{n}.{leaf}") for n in names])
-
-    linear("img_in", "x_embedder")
-    linear("txt_in", "context_embedder")
-    for bfl, ours in (
-        ("time_in", "timestep_embedder"),
-        ("vector_in", "text_embedder"),
-        ("guidance_in", "guidance_embedder"),
-    ):
-        if f"time_text_embed.{ours}.linear_1.weight" in sd:
-            linear(f"{bfl}.in_layer", f"time_text_embed.{ours}.linear_1")
-            linear(f"{bfl}.out_layer", f"time_text_embed.{ours}.linear_2")
-    for i in range(n_double):
-        d, b = f"transformer_blocks.{i}.", f"double_blocks.{i}."
-        linear(b + "img_mod.lin", d + "norm1.linear")
-        linear(b + "txt_mod.lin", d + "norm1_context.linear")
-        linear(b + "img_attn.qkv", d + "attn.to_q", d + "attn.to_k", d + "attn.to_v")
-        linear(b + "txt_attn.qkv", d + "attn.add_q_proj", d + "attn.add_k_proj", d + "attn.add_v_proj")
-        linear(b + "img_attn.proj", d + "attn.to_out.0")
-        linear(b + "txt_attn.proj", d + "attn.to_add_out")
-        for s, q, k in (("img", "norm_q", "norm_k"), ("txt", "norm_added_q", "norm_added_k")):
-            out[f"{b}{s}_attn.norm.query_norm.scale"] = sd.pop(f"{d}attn.{q}.weight")
-            out[f"{b}{s}_attn.norm.key_norm.scale"] = sd.pop(f"{d}attn.{k}.weight")
-        for s, ff in (("img", "ff"), ("txt", "ff_context")):
-            linear(f"{b}{s}_mlp.0", f"{d}{ff}.net.0.proj")
-            linear(f"{b}{s}_mlp.2", f"{d}{ff}.net.2")
-    for i in range(n_single):
-        d, b = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
-        linear(b + "modulation.lin", d + "norm.linear")
-        linear(b + "linear1", d + "attn.to_q", d + "attn.to_k", d + "attn.to_v", d + "proj_mlp")
-        linear(b + "linear2", d + "proj_out")
-        out[b + "norm.query_norm.scale"] = sd.pop(d + "attn.norm_q.weight")
-        out[b + "norm.key_norm.scale"] = sd.pop(d + "attn.norm_k.weight")
-    linear("final_layer.linear", "proj_out")
-    for leaf in ("weight", "bias"):
-        scale, shift = sd.pop(f"norm_out.linear.{leaf}").chunk(2)
-        out[f"final_layer.adaLN_modulation.1.{leaf}"] = torch.cat([shift, scale])
-    assert not sd, f"unconverted diffusers tensors: {sorted(sd)}"
-    return out
-
-
-@functools.cache
 def bfl_tensors() -> dict:
-    return to_bfl(reference(True).state_dict(), SMALL["num_layers"], SMALL["num_single_layers"])
+    return transformer_to_bfl(reference(True))
 
 
 def assert_same_model(a: FluxTransformer, b: FluxTransformer):
@@ -177,8 +99,8 @@ def assert_same_model(a: FluxTransformer, b: FluxTransformer):
 
 
 @pytest.mark.parametrize("guidance", [True, False])
-def test_parity_with_diffusers(guidance, tmp_root):
-    model = FluxTransformer.from_pretrained(saved(guidance, tmp_root))
+def test_parity_with_diffusers(guidance, folders):
+    model = FluxTransformer.from_pretrained(folders[guidance])
     assert model.config == small_config(guidance_embed=guidance)
     ratios = []
     for (rows, cols, l_txt, frame), t in zip([(3, 4, 5, 0), (4, 5, 7, 1)], [0.7, 0.25]):
@@ -189,13 +111,13 @@ def test_parity_with_diffusers(guidance, tmp_root):
             model, *f32(img, txt, pooled), jnp.float32(t), g and jnp.float32(g), *f32(img_ids, txt_ids)
         )
         assert out.dtype == jnp.float32 and out.shape == ref.shape
-        ratios.append(float(np.max(np.abs(np.asarray(out) - ref)) / np.max(np.abs(ref))))
+        ratios.append(rel_err(out, ref))
     print(f"guidance={guidance}: max|ours - diffusers| / max|diffusers| = {ratios}")
     assert max(ratios) <= 1e-4, ratios
 
 
-def test_bfl_single_file_matches_diffusers_folder(tmp_root):
-    folder_model = FluxTransformer.from_pretrained(saved(True, tmp_root))
+def test_bfl_single_file_matches_diffusers_folder(folders, tmp_root):
+    folder_model = FluxTransformer.from_pretrained(folders[True])
     tensors = bfl_tensors()
     save_file(tensors, tmp_root / "flux1-small.safetensors")
     save_file(
@@ -237,13 +159,13 @@ def test_bfl_checkpoint_errors(edit, match, tmp_root):
         FluxTransformer.from_pretrained(file, axes_dim=AXES)
 
 
-def test_diffusers_checkpoint_errors(tmp_root):
+def test_diffusers_checkpoint_errors(folders, tmp_root):
     import shutil
 
     from safetensors.torch import load_file
 
     folder = tmp_root / "broken" / "transformer"
-    shutil.copytree(saved(False, tmp_root), folder)
+    shutil.copytree(folders[False], folder)
     weights = folder / "diffusion_pytorch_model.safetensors"
     tensors = load_file(weights)
     tensors.pop("transformer_blocks.0.attn.add_k_proj.bias")
@@ -261,8 +183,8 @@ def test_truncated_file(tmp_root):
         FluxTransformer.from_pretrained(file, axes_dim=AXES)
 
 
-def test_bf16(tmp_root):
-    folder = saved(True, tmp_root)
+def test_bf16(folders):
+    folder = folders[True]
     model32 = FluxTransformer.from_pretrained(folder)
     model16 = FluxTransformer.from_pretrained(folder, dtype=jnp.bfloat16)
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(eqx.filter(model16, eqx.is_array)))

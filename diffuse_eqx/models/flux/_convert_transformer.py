@@ -1,9 +1,10 @@
 """FLUX.1 transformer checkpoints (BFL single files and diffusers folders) ->
 [`FluxTransformer`][diffuse_eqx.models.flux.FluxTransformer].
 
-Both layouts are mapped here, onto the parameter paths of the Equinox model (BFL's names, blocks
-stacked on a leading axis): a table per layout says, for each module of the model, which checkpoint
-module(s) it comes from. Differences handled:
+The model's modules carry BFL's names, blocks stacked on a leading axis, so a BFL file maps onto the
+parameter paths by identity: `double_blocks.img_attn.qkv.weight[i]` is `double_blocks.{i}.img_attn.qkv.weight`
+(after the optional `model.diffusion_model.` prefix). The diffusers layout is the one converted, by the
+table of `_diffusers_modules`, which also handles its differences:
 
 - diffusers splits the fused projections: `to_q/to_k/to_v` (image), `add_q_proj/add_k_proj/add_v_proj`
   (text) and, in single blocks, `to_q/to_k/to_v/proj_mlp` for BFL's `linear1`; they are concatenated
@@ -12,7 +13,9 @@ module(s) it comes from. Differences handled:
 - RMS-norm scales are `.weight` in diffusers, `.scale` in BFL.
 
 Every tensor is read with its expected shape, per-block tensors are stacked, and tensors left over
-are reported, all as `CheckpointError`.
+are reported, all as `CheckpointError`. The architecture is read from the checkpoint as the fields of a
+[`FluxTransformerConfig`][diffuse_eqx.models.flux.FluxTransformerConfig] (plain values; this module does
+not import the model).
 """
 
 import json
@@ -20,57 +23,22 @@ import re
 from pathlib import Path
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
-import jax.random as jr
 
-from .._weights import Checkpoint, CheckpointError, load_into, parameter_paths
-from .transformer import FluxTransformer, FluxTransformerConfig
+from .._weights import Checkpoint, CheckpointError, parameter_paths
 
 
 BFL_PREFIX = "model.diffusion_model."
 _FLUX1_AXES_DIM = (16, 56, 56)  # for head dim 128
-
-# A source is one checkpoint module name, or several (name, rows) pieces concatenated along axis 0.
-# Names in block tables are relative to the block prefix.
+_BLOCKS = {"double_blocks": "transformer_blocks", "single_blocks": "single_transformer_blocks"}
 
 
-def _bfl_tables(c: FluxTransformerConfig):
-    top = {
-        "img_in": "img_in",
-        "txt_in": "txt_in",
-        "time_in.in_layer": "time_in.in_layer",
-        "time_in.out_layer": "time_in.out_layer",
-        "vector_in.in_layer": "vector_in.in_layer",
-        "vector_in.out_layer": "vector_in.out_layer",
-        "guidance_in.in_layer": "guidance_in.in_layer",
-        "guidance_in.out_layer": "guidance_in.out_layer",
-        "final_layer.adaLN_modulation": "final_layer.adaLN_modulation.1",
-        "final_layer.linear": "final_layer.linear",
-    }
-    double = {}
-    for s in ("img", "txt"):
-        double |= {
-            f"{s}_mod": f"{s}_mod.lin",
-            f"{s}_attn.qkv": f"{s}_attn.qkv",
-            f"{s}_attn.query_norm": f"{s}_attn.norm.query_norm",
-            f"{s}_attn.key_norm": f"{s}_attn.norm.key_norm",
-            f"{s}_attn.proj": f"{s}_attn.proj",
-            f"{s}_mlp.in_layer": f"{s}_mlp.0",
-            f"{s}_mlp.out_layer": f"{s}_mlp.2",
-        }
-    single = {
-        "modulation": "modulation.lin",
-        "linear1": "linear1",
-        "query_norm": "norm.query_norm",
-        "key_norm": "norm.key_norm",
-        "linear2": "linear2",
-    }
-    return top, ("double_blocks.{}.", double), ("single_blocks.{}.", single)
-
-
-def _diffusers_tables(c: FluxTransformerConfig):
-    d, m = c.hidden_size, c.mlp_hidden
-    top = {
+def _diffusers_modules(d: int, m: int) -> dict[str, str | tuple[tuple[str, int], ...]]:
+    """Our module path (BFL's name, without the block index) -> its diffusers module: one name, or
+    several `(name, rows)` pieces concatenated along axis 0. Block entries are relative to the block
+    (`transformer_blocks.{i}.`, `single_transformer_blocks.{i}.`)."""
+    table = {
         "img_in": "x_embedder",
         "txt_in": "context_embedder",
         "time_in.in_layer": "time_text_embed.timestep_embedder.linear_1",
@@ -79,71 +47,77 @@ def _diffusers_tables(c: FluxTransformerConfig):
         "vector_in.out_layer": "time_text_embed.text_embedder.linear_2",
         "guidance_in.in_layer": "time_text_embed.guidance_embedder.linear_1",
         "guidance_in.out_layer": "time_text_embed.guidance_embedder.linear_2",
-        "final_layer.adaLN_modulation": "norm_out.linear",  # (scale, shift): swapped on reading
+        "final_layer.adaLN_modulation.1": "norm_out.linear",  # (scale, shift): swapped on reading
         "final_layer.linear": "proj_out",
     }
-    double = {
-        "img_mod": "norm1.linear",
-        "img_attn.qkv": (("attn.to_q", d), ("attn.to_k", d), ("attn.to_v", d)),
-        "img_attn.query_norm": "attn.norm_q",
-        "img_attn.key_norm": "attn.norm_k",
-        "img_attn.proj": "attn.to_out.0",
-        "img_mlp.in_layer": "ff.net.0.proj",
-        "img_mlp.out_layer": "ff.net.2",
-        "txt_mod": "norm1_context.linear",
-        "txt_attn.qkv": (("attn.add_q_proj", d), ("attn.add_k_proj", d), ("attn.add_v_proj", d)),
-        "txt_attn.query_norm": "attn.norm_added_q",
-        "txt_attn.key_norm": "attn.norm_added_k",
-        "txt_attn.proj": "attn.to_add_out",
-        "txt_mlp.in_layer": "ff_context.net.0.proj",
-        "txt_mlp.out_layer": "ff_context.net.2",
+    # double_blocks.{i} <- transformer_blocks.{i}
+    table |= {
+        "double_blocks.img_mod.lin": "norm1.linear",
+        "double_blocks.img_attn.qkv": (("attn.to_q", d), ("attn.to_k", d), ("attn.to_v", d)),
+        "double_blocks.img_attn.norm.query_norm": "attn.norm_q",
+        "double_blocks.img_attn.norm.key_norm": "attn.norm_k",
+        "double_blocks.img_attn.proj": "attn.to_out.0",
+        "double_blocks.img_mlp.0": "ff.net.0.proj",
+        "double_blocks.img_mlp.2": "ff.net.2",
+        "double_blocks.txt_mod.lin": "norm1_context.linear",
+        "double_blocks.txt_attn.qkv": (
+            ("attn.add_q_proj", d),
+            ("attn.add_k_proj", d),
+            ("attn.add_v_proj", d),
+        ),
+        "double_blocks.txt_attn.norm.query_norm": "attn.norm_added_q",
+        "double_blocks.txt_attn.norm.key_norm": "attn.norm_added_k",
+        "double_blocks.txt_attn.proj": "attn.to_add_out",
+        "double_blocks.txt_mlp.0": "ff_context.net.0.proj",
+        "double_blocks.txt_mlp.2": "ff_context.net.2",
     }
-    single = {
-        "modulation": "norm.linear",
-        "linear1": (("attn.to_q", d), ("attn.to_k", d), ("attn.to_v", d), ("proj_mlp", m)),
-        "query_norm": "attn.norm_q",
-        "key_norm": "attn.norm_k",
-        "linear2": "proj_out",
+    # single_blocks.{i} <- single_transformer_blocks.{i}
+    return table | {
+        "single_blocks.modulation.lin": "norm.linear",
+        "single_blocks.linear1": (("attn.to_q", d), ("attn.to_k", d), ("attn.to_v", d), ("proj_mlp", m)),
+        "single_blocks.norm.query_norm": "attn.norm_q",
+        "single_blocks.norm.key_norm": "attn.norm_k",
+        "single_blocks.linear2": "proj_out",
     }
-    return top, ("transformer_blocks.{}.", double), ("single_transformer_blocks.{}.", single)
 
 
-def _read(ckpt: Checkpoint, source, leaf: str, shape: tuple[int, ...], swap_halves: bool = False):
-    """One parameter of one block: a tensor, or the concatenation of several (fused projections)."""
+def _read(ckpt: Checkpoint, prefix: str, source, leaf: str, shape, swap_halves: bool = False) -> jax.Array:
+    """One parameter (of one block): a tensor, or the concatenation of several (fused projections)."""
     if isinstance(source, str):
-        x = ckpt.take(f"{source}.{leaf}", shape)
+        x = ckpt.take(f"{prefix}{source}.{leaf}", shape)
     else:
-        x = jnp.concatenate([ckpt.take(f"{name}.{leaf}", (rows, *shape[1:])) for name, rows in source])
+        x = jnp.concatenate(
+            [ckpt.take(f"{prefix}{name}.{leaf}", (rows, *shape[1:])) for name, rows in source]
+        )
     if swap_halves:
         x = jnp.concatenate(jnp.split(x, 2)[::-1])
     return x
 
 
-def _state(ckpt: Checkpoint, skeleton: FluxTransformer, layout: str) -> dict:
-    """`{parameter path: array}` for every parameter of `skeleton`, read from `ckpt`."""
+def convert_transformer(ckpt: Checkpoint, skeleton: eqx.Module, layout: str) -> dict[str, jax.Array]:
+    """`{parameter path: array}` for every parameter of `skeleton` (a `FluxTransformer`, e.g. from
+    `eqx.filter_eval_shape`), read from `ckpt` in the `"bfl"` or `"diffusers"` layout; raises
+    `CheckpointError` for a missing or mis-shaped tensor, and for tensors left over."""
     config = skeleton.config
-    top, (double_prefix, double), (single_prefix, single) = (
-        _diffusers_tables(config) if layout == "diffusers" else _bfl_tables(config)
-    )
-    leaf_name = {"weight": "weight", "bias": "bias", "scale": "weight" if layout == "diffusers" else "scale"}
+    table = _diffusers_modules(config.hidden_size, config.mlp_hidden) if layout == "diffusers" else None
     state = {}
     for path, like in parameter_paths(skeleton).items():
         module, leaf = path.rsplit(".", 1)
-        group, _, rest = module.partition(".")
-        if group in ("double_blocks", "single_blocks"):
-            prefix, table = (double_prefix, double) if group == "double_blocks" else (single_prefix, single)
-            source = table[rest]
-            blocks = []
-            for i in range(like.shape[0]):
-                where = prefix.format(i)
-                block_source = (
-                    where + source if isinstance(source, str) else [(where + n, r) for n, r in source]
-                )
-                blocks.append(_read(ckpt, block_source, leaf_name[leaf], like.shape[1:]))
-            state[path] = jnp.stack(blocks)
+        group, _, in_block = module.partition(".")
+        stacked = group in _BLOCKS
+        if table is None:  # BFL: the identity, with the block index put back
+            block, source = group, in_block if stacked else module
         else:
-            swap = layout == "diffusers" and module == "final_layer.adaLN_modulation"
-            state[path] = _read(ckpt, top[module], leaf_name[leaf], like.shape, swap_halves=swap)
+            block, source, leaf = _BLOCKS.get(group), table[module], "weight" if leaf == "scale" else leaf
+        if stacked:  # one tensor per block
+            n = like.shape[0]
+            state[path] = jnp.stack(
+                [_read(ckpt, f"{block}.{i}.", source, leaf, like.shape[1:]) for i in range(n)]
+            )
+        else:
+            swap = table is not None and module == "final_layer.adaLN_modulation.1"
+            state[path] = _read(ckpt, "", source, leaf, like.shape, swap_halves=swap)
+    ckpt.finish()
     return state
 
 
@@ -156,8 +130,14 @@ def _n_blocks(ckpt: Checkpoint, prefix: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def _bfl_config(ckpt: Checkpoint, axes_dim: tuple[int, ...] | None) -> FluxTransformerConfig:
-    """The architecture of a BFL checkpoint, from its tensor shapes."""
+def bfl_config(ckpt: Checkpoint, axes_dim: tuple[int, ...] | None) -> dict:
+    """The `FluxTransformerConfig` fields of a BFL checkpoint, from its tensor shapes (BFL files do not
+    record the RoPE axes: FLUX.1's for head dimension 128, else `axes_dim` must be given)."""
+    if "x_embedder.weight" in ckpt:
+        raise CheckpointError(
+            f"{ckpt.source}: diffusers-layout tensors without a config.json; pass the diffusers "
+            f"`transformer/` folder that holds both."
+        )
     hidden, in_channels = ckpt.shape("img_in.weight")
     depth, depth_single = _n_blocks(ckpt, "double_blocks."), _n_blocks(ckpt, "single_blocks.")
     if depth:
@@ -178,7 +158,7 @@ def _bfl_config(ckpt: Checkpoint, axes_dim: tuple[int, ...] | None) -> FluxTrans
                 f"the RoPE axes; pass axes_dim=(...) summing to {head_dim}."
             )
         axes_dim = _FLUX1_AXES_DIM
-    return FluxTransformerConfig(
+    return dict(
         in_channels=in_channels,
         hidden_size=hidden,
         num_heads=hidden // head_dim,
@@ -194,8 +174,8 @@ def _bfl_config(ckpt: Checkpoint, axes_dim: tuple[int, ...] | None) -> FluxTrans
     )
 
 
-def _diffusers_config(file: Path, axes_dim: tuple[int, ...] | None) -> FluxTransformerConfig:
-    """The architecture of a diffusers `FluxTransformer2DModel`, from its `config.json`."""
+def diffusers_config(file: Path, axes_dim: tuple[int, ...] | None) -> dict:
+    """The `FluxTransformerConfig` fields of a diffusers `FluxTransformer2DModel`, from its `config.json`."""
     try:
         cfg = json.loads(file.read_text())
         if cfg.get("_class_name", "FluxTransformer2DModel") != "FluxTransformer2DModel":
@@ -204,7 +184,7 @@ def _diffusers_config(file: Path, axes_dim: tuple[int, ...] | None) -> FluxTrans
             raise CheckpointError(f"{file}: patch_size={cfg['patch_size']}; FLUX.1 packs latents with 1.")
         heads, head_dim = cfg["num_attention_heads"], cfg["attention_head_dim"]
         rope = tuple(cfg.get("axes_dims_rope", _FLUX1_AXES_DIM))
-        config = FluxTransformerConfig(
+        config = dict(
             in_channels=cfg["in_channels"],
             hidden_size=heads * head_dim,
             num_heads=heads,
@@ -225,27 +205,3 @@ def _diffusers_config(file: Path, axes_dim: tuple[int, ...] | None) -> FluxTrans
     if axes_dim is not None and tuple(axes_dim) != rope:
         raise ValueError(f"axes_dim={tuple(axes_dim)} contradicts axes_dims_rope={list(rope)} in {file}.")
     return config
-
-
-def load_transformer(
-    path: str | Path, dtype=jnp.float32, axes_dim: tuple[int, ...] | None = None
-) -> FluxTransformer:
-    """See [`FluxTransformer.from_pretrained`][diffuse_eqx.models.flux.FluxTransformer.from_pretrained]."""
-    path = Path(path)
-    config_file = path / "config.json"
-    if path.is_dir() and config_file.is_file():
-        layout, config = "diffusers", _diffusers_config(config_file, axes_dim)
-        ckpt = Checkpoint(path, dtype)
-    else:
-        layout = "bfl"
-        ckpt = Checkpoint(path, dtype, strip_prefix=BFL_PREFIX)
-        if "x_embedder.weight" in ckpt:
-            raise CheckpointError(
-                f"{path}: diffusers-layout tensors without a config.json; pass the diffusers `transformer/` "
-                f"folder that holds both."
-            )
-        config = _bfl_config(ckpt, axes_dim)
-    skeleton = eqx.filter_eval_shape(FluxTransformer, config, dtype=dtype, key=jr.key(0))
-    state = _state(ckpt, skeleton, layout)
-    ckpt.finish()
-    return load_into(skeleton, state, ckpt.source)

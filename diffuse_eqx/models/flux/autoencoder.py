@@ -2,8 +2,9 @@
 
 The architecture is Black Forest Labs' `flux/modules/autoencoder.py` (the LDM autoencoder of Rombach et
 al. 2022), which is also diffusers' `AutoencoderKL` with the FLUX configuration. Modules and parameter
-names follow BFL (`encoder.down.0.block.1.conv1`, `decoder.up.3.upsample.conv`, `mid.attn_1.q`, ...); the
-checkpoint converter (`_convert_autoencoder.py`) maps both BFL's and diffusers' names onto them.
+names follow BFL (`encoder.down.0.block.1.conv1`, `decoder.up.3.upsample.conv`, `mid.attn_1.q`, ...), so a
+BFL checkpoint maps onto them by identity; the converter (`_convert_autoencoder.py`) renames diffusers'
+layers by one table.
 
 Everything works on one unbatched, channels-first image (like `eqx.nn.Conv2d`); callers `jax.vmap`.
 """
@@ -155,7 +156,7 @@ class _GroupNorm(eqx.Module):
         return out.astype(x.dtype)
 
 
-def _conv(c_in, c_out, kernel, key, dtype, stride=1, padding=None):
+def _conv(c_in: int, c_out: int, kernel: int, *, stride=1, padding=None, dtype, key: PRNGKeyArray):
     padding = kernel // 2 if padding is None else padding
     return eqx.nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, key=key, dtype=dtype)
 
@@ -174,13 +175,13 @@ class _ResnetBlock(eqx.Module):
     conv2: eqx.nn.Conv2d
     nin_shortcut: eqx.nn.Conv2d | None
 
-    def __init__(self, c_in: int, c_out: int, groups: int, *, key: PRNGKeyArray, dtype):
+    def __init__(self, c_in: int, c_out: int, groups: int, *, dtype, key: PRNGKeyArray):
         k1, k2, k3 = jax.random.split(key, 3)
         self.norm1 = _GroupNorm(groups, c_in, dtype=dtype)
-        self.conv1 = _conv(c_in, c_out, 3, k1, dtype)
+        self.conv1 = _conv(c_in, c_out, 3, dtype=dtype, key=k1)
         self.norm2 = _GroupNorm(groups, c_out, dtype=dtype)
-        self.conv2 = _conv(c_out, c_out, 3, k2, dtype)
-        self.nin_shortcut = _conv(c_in, c_out, 1, k3, dtype) if c_in != c_out else None
+        self.conv2 = _conv(c_out, c_out, 3, dtype=dtype, key=k2)
+        self.nin_shortcut = _conv(c_in, c_out, 1, dtype=dtype, key=k3) if c_in != c_out else None
 
     def __call__(self, x: Float[Array, "c_in h w"]) -> Float[Array, "c_out h w"]:
         h = self.conv1(_swish(self.norm1(x)))
@@ -203,13 +204,13 @@ class _AttnBlock(eqx.Module):
     v: eqx.nn.Linear
     proj_out: eqx.nn.Linear
 
-    def __init__(self, channels: int, groups: int, *, key: PRNGKeyArray, dtype):
+    def __init__(self, channels: int, groups: int, *, dtype, key: PRNGKeyArray):
         kq, kk, kv, ko = jax.random.split(key, 4)
         self.norm = _GroupNorm(groups, channels, dtype=dtype)
-        self.q = eqx.nn.Linear(channels, channels, key=kq, dtype=dtype)
-        self.k = eqx.nn.Linear(channels, channels, key=kk, dtype=dtype)
-        self.v = eqx.nn.Linear(channels, channels, key=kv, dtype=dtype)
-        self.proj_out = eqx.nn.Linear(channels, channels, key=ko, dtype=dtype)
+        self.q = eqx.nn.Linear(channels, channels, dtype=dtype, key=kq)
+        self.k = eqx.nn.Linear(channels, channels, dtype=dtype, key=kk)
+        self.v = eqx.nn.Linear(channels, channels, dtype=dtype, key=kv)
+        self.proj_out = eqx.nn.Linear(channels, channels, dtype=dtype, key=ko)
 
     def __call__(self, x: Float[Array, "c h w"]) -> Float[Array, "c h w"]:
         c, h, w = x.shape
@@ -228,11 +229,11 @@ class _MidBlock(eqx.Module):
     attn_1: _AttnBlock | None
     block_2: _ResnetBlock
 
-    def __init__(self, channels: int, groups: int, attention: bool, *, key: PRNGKeyArray, dtype):
+    def __init__(self, channels: int, groups: int, attention: bool, *, dtype, key: PRNGKeyArray):
         k1, k2, k3 = jax.random.split(key, 3)
-        self.block_1 = _ResnetBlock(channels, channels, groups, key=k1, dtype=dtype)
-        self.attn_1 = _AttnBlock(channels, groups, key=k2, dtype=dtype) if attention else None
-        self.block_2 = _ResnetBlock(channels, channels, groups, key=k3, dtype=dtype)
+        self.block_1 = _ResnetBlock(channels, channels, groups, dtype=dtype, key=k1)
+        self.attn_1 = _AttnBlock(channels, groups, dtype=dtype, key=k2) if attention else None
+        self.block_2 = _ResnetBlock(channels, channels, groups, dtype=dtype, key=k3)
 
     def __call__(self, x: Float[Array, "c h w"]) -> Float[Array, "c h w"]:
         x = self.block_1(x)
@@ -246,8 +247,8 @@ class _Downsample(eqx.Module):
 
     conv: eqx.nn.Conv2d
 
-    def __init__(self, channels: int, *, key: PRNGKeyArray, dtype):
-        self.conv = _conv(channels, channels, 3, key, dtype, stride=2, padding=((0, 1), (0, 1)))
+    def __init__(self, channels: int, *, dtype, key: PRNGKeyArray):
+        self.conv = _conv(channels, channels, 3, stride=2, padding=((0, 1), (0, 1)), dtype=dtype, key=key)
 
     def __call__(self, x: Float[Array, "c h w"]) -> Float[Array, "c h2 w2"]:
         return self.conv(x)
@@ -258,8 +259,8 @@ class _Upsample(eqx.Module):
 
     conv: eqx.nn.Conv2d
 
-    def __init__(self, channels: int, *, key: PRNGKeyArray, dtype):
-        self.conv = _conv(channels, channels, 3, key, dtype)
+    def __init__(self, channels: int, *, dtype, key: PRNGKeyArray):
+        self.conv = _conv(channels, channels, 3, dtype=dtype, key=key)
 
     def __call__(self, x: Float[Array, "c h w"]) -> Float[Array, "c h2 w2"]:
         return self.conv(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
@@ -298,23 +299,23 @@ class _Encoder(eqx.Module):
     norm_out: _GroupNorm
     conv_out: eqx.nn.Conv2d
 
-    def __init__(self, config: AutoencoderConfig, *, key: PRNGKeyArray, dtype):
+    def __init__(self, config: AutoencoderConfig, *, dtype, key: PRNGKeyArray):
         chs, g, n = config.block_out_channels, config.norm_num_groups, config.layers_per_block
         keys = iter(jax.random.split(key, 4 + len(chs) * (n + 1)))
-        self.conv_in = _conv(config.in_channels, chs[0], 3, next(keys), dtype)
+        self.conv_in = _conv(config.in_channels, chs[0], 3, dtype=dtype, key=next(keys))
         down, c_in = [], chs[0]
         for i, c in enumerate(chs):
             blocks = []
             for _ in range(n):
-                blocks.append(_ResnetBlock(c_in, c, g, key=next(keys), dtype=dtype))
+                blocks.append(_ResnetBlock(c_in, c, g, dtype=dtype, key=next(keys)))
                 c_in = c
             last = i == len(chs) - 1
-            downsample = None if last else _Downsample(c, key=next(keys), dtype=dtype)
+            downsample = None if last else _Downsample(c, dtype=dtype, key=next(keys))
             down.append(_DownLevel(tuple(blocks), downsample))
         self.down = tuple(down)
-        self.mid = _MidBlock(chs[-1], g, config.mid_block_add_attention, key=next(keys), dtype=dtype)
+        self.mid = _MidBlock(chs[-1], g, config.mid_block_add_attention, dtype=dtype, key=next(keys))
         self.norm_out = _GroupNorm(g, chs[-1], dtype=dtype)
-        self.conv_out = _conv(chs[-1], 2 * config.latent_channels, 3, next(keys), dtype)
+        self.conv_out = _conv(chs[-1], 2 * config.latent_channels, 3, dtype=dtype, key=next(keys))
 
     def __call__(self, x: Float[Array, "c_in H W"]) -> Float[Array, "two_c h w"]:
         x = self.conv_in(x)
@@ -334,22 +335,22 @@ class _Decoder(eqx.Module):
     norm_out: _GroupNorm
     conv_out: eqx.nn.Conv2d
 
-    def __init__(self, config: AutoencoderConfig, *, key: PRNGKeyArray, dtype):
+    def __init__(self, config: AutoencoderConfig, *, dtype, key: PRNGKeyArray):
         chs, g, n = config.block_out_channels, config.norm_num_groups, config.layers_per_block
         keys = iter(jax.random.split(key, 4 + len(chs) * (n + 2)))
-        self.conv_in = _conv(config.latent_channels, chs[-1], 3, next(keys), dtype)
-        self.mid = _MidBlock(chs[-1], g, config.mid_block_add_attention, key=next(keys), dtype=dtype)
+        self.conv_in = _conv(config.latent_channels, chs[-1], 3, dtype=dtype, key=next(keys))
+        self.mid = _MidBlock(chs[-1], g, config.mid_block_add_attention, dtype=dtype, key=next(keys))
         up, c_in = [None] * len(chs), chs[-1]
         for i in reversed(range(len(chs))):
             blocks = []
             for _ in range(n + 1):
-                blocks.append(_ResnetBlock(c_in, chs[i], g, key=next(keys), dtype=dtype))
+                blocks.append(_ResnetBlock(c_in, chs[i], g, dtype=dtype, key=next(keys)))
                 c_in = chs[i]
-            upsample = None if i == 0 else _Upsample(chs[i], key=next(keys), dtype=dtype)
+            upsample = None if i == 0 else _Upsample(chs[i], dtype=dtype, key=next(keys))
             up[i] = _UpLevel(tuple(blocks), upsample)
         self.up = tuple(up)
         self.norm_out = _GroupNorm(g, chs[0], dtype=dtype)
-        self.conv_out = _conv(chs[0], config.out_channels, 3, next(keys), dtype)
+        self.conv_out = _conv(chs[0], config.out_channels, 3, dtype=dtype, key=next(keys))
 
     def __call__(self, z: Float[Array, "c h w"]) -> Float[Array, "c_out H W"]:
         x = self.mid(self.conv_in(z))
@@ -389,10 +390,10 @@ class Autoencoder(eqx.Module):
 
     - `config`: the [`AutoencoderConfig`][diffuse_eqx.models.flux.AutoencoderConfig]
       (`AutoencoderConfig.flux()` for FLUX.1).
+    - `dtype`: the parameters' dtype (float32 or bfloat16).
     - `key`: the PRNG key for the random initialisation (use
       [`Autoencoder.from_pretrained`][diffuse_eqx.models.flux.Autoencoder.from_pretrained] for
       trained weights).
-    - `dtype`: the parameters' dtype (float32 or bfloat16).
     """
 
     encoder: _Encoder
@@ -401,14 +402,14 @@ class Autoencoder(eqx.Module):
     post_quant_conv: eqx.nn.Conv2d | None
     config: AutoencoderConfig = eqx.field(static=True)
 
-    def __init__(self, config: AutoencoderConfig, *, key: PRNGKeyArray, dtype=jnp.float32):
+    def __init__(self, config: AutoencoderConfig, *, dtype=jnp.float32, key: PRNGKeyArray):
         ke, kd, kq, kp = jax.random.split(key, 4)
         c = config.latent_channels
         self.config = config
-        self.encoder = _Encoder(config, key=ke, dtype=dtype)
-        self.decoder = _Decoder(config, key=kd, dtype=dtype)
-        self.quant_conv = _conv(2 * c, 2 * c, 1, kq, dtype) if config.use_quant_conv else None
-        self.post_quant_conv = _conv(c, c, 1, kp, dtype) if config.use_post_quant_conv else None
+        self.encoder = _Encoder(config, dtype=dtype, key=ke)
+        self.decoder = _Decoder(config, dtype=dtype, key=kd)
+        self.quant_conv = _conv(2 * c, 2 * c, 1, dtype=dtype, key=kq) if config.use_quant_conv else None
+        self.post_quant_conv = _conv(c, c, 1, dtype=dtype, key=kp) if config.use_post_quant_conv else None
 
     @property
     def dtype(self):
@@ -423,9 +424,8 @@ class Autoencoder(eqx.Module):
         - `x`: an image of shape `(in_channels, H, W)` with values in $[-1, 1]$; `H` and `W` multiples
           of `config.downsampling` (8 for FLUX). Cast to the parameters' dtype.
 
-        **Returns:**
-
-        The latent, of shape `(latent_channels, H / 8, W / 8)` for FLUX, in the parameters' dtype.
+        **Returns:** the latent, of shape `(latent_channels, H / 8, W / 8)` for FLUX, in the parameters'
+        dtype.
         """
         cfg, f = self.config, self.config.downsampling
         if x.ndim != 3 or x.shape[0] != cfg.in_channels or x.shape[1] % f or x.shape[2] % f:
@@ -447,10 +447,8 @@ class Autoencoder(eqx.Module):
         - `z`: a latent of shape `(latent_channels, h, w)` in the transformer's (normalised) space.
           Cast to the parameters' dtype.
 
-        **Returns:**
-
-        The image, of shape `(out_channels, 8 h, 8 w)` for FLUX, roughly in $[-1, 1]$ (not clipped), in
-        the parameters' dtype.
+        **Returns:** the image, of shape `(out_channels, 8 h, 8 w)` for FLUX, roughly in $[-1, 1]$ (not
+        clipped), in the parameters' dtype.
         """
         cfg = self.config
         if z.ndim != 3 or z.shape[0] != cfg.latent_channels:
@@ -479,10 +477,8 @@ class Autoencoder(eqx.Module):
           `config.json` next to the weights, or else inferred from the tensors' shapes with FLUX's
           GroupNorm groups (32), `scaling_factor` and `shift_factor` (a single file's config).
 
-        **Returns:**
-
-        The `Autoencoder`. Raises `CheckpointError` naming any tensor
-        that is missing, unexpected or mis-shaped, and for unreadable files.
+        **Returns:** the `Autoencoder`. Raises `CheckpointError` naming any tensor that is missing,
+        unexpected or mis-shaped, and for unreadable files.
         """
         path = Path(path)
         ckpt = Checkpoint(path, dtype=dtype)
@@ -495,5 +491,5 @@ class Autoencoder(eqx.Module):
                     raise CheckpointError(f"{config_file}: not valid JSON ({e}).") from e
             else:
                 config = AutoencoderConfig(**infer_autoencoder_config(ckpt))
-        skeleton = eqx.filter_eval_shape(cls, config, key=jax.random.key(0), dtype=dtype)
+        skeleton = eqx.filter_eval_shape(cls, config, dtype=dtype, key=jax.random.key(0))
         return load_into(skeleton, convert_autoencoder(ckpt, config), ckpt.source)

@@ -24,8 +24,7 @@ _ACTIVATIONS = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class CLIPTextConfig:
+class CLIPTextConfig(eqx.Module):
     """Hyperparameters of a CLIP text tower, named as in transformers' `CLIPTextConfig` (the defaults are
     FLUX's CLIP-L, `text_encoder/config.json`).
 
@@ -50,7 +49,7 @@ class CLIPTextConfig:
     layer_norm_eps: float = 1e-5
     eos_token_id: int = 49407
 
-    def __post_init__(self):
+    def __check_init__(self):
         if self.hidden_act not in _ACTIVATIONS:
             raise ValueError(
                 f"hidden_act={self.hidden_act!r} is not supported; use one of {list(_ACTIVATIONS)}."
@@ -91,15 +90,15 @@ class _CLIPLayer(eqx.Module):
     num_heads: int = eqx.field(static=True)
     act: str = eqx.field(static=True)
 
-    def __init__(self, config: CLIPTextConfig, *, key: PRNGKeyArray):
-        d, f = config.hidden_size, config.intermediate_size
+    def __init__(self, config: CLIPTextConfig, *, dtype, key: PRNGKeyArray):
+        d, f, eps = config.hidden_size, config.intermediate_size, config.layer_norm_eps
         kq, kk, kv, ko, k1, k2 = jr.split(key, 6)
-        self.norm1 = eqx.nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.q, self.k, self.v = (eqx.nn.Linear(d, d, key=k) for k in (kq, kk, kv))
-        self.out = eqx.nn.Linear(d, d, key=ko)
-        self.norm2 = eqx.nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.fc1 = eqx.nn.Linear(d, f, key=k1)
-        self.fc2 = eqx.nn.Linear(f, d, key=k2)
+        self.norm1 = eqx.nn.LayerNorm(d, eps=eps, dtype=dtype)
+        self.q, self.k, self.v = (eqx.nn.Linear(d, d, dtype=dtype, key=k) for k in (kq, kk, kv))
+        self.out = eqx.nn.Linear(d, d, dtype=dtype, key=ko)
+        self.norm2 = eqx.nn.LayerNorm(d, eps=eps, dtype=dtype)
+        self.fc1 = eqx.nn.Linear(d, f, dtype=dtype, key=k1)
+        self.fc2 = eqx.nn.Linear(f, d, dtype=dtype, key=k2)
         self.num_heads, self.act = config.num_attention_heads, config.hidden_act
 
     def __call__(
@@ -132,21 +131,19 @@ class CLIPTextEncoder(eqx.Module):
     $\arg\max_i w_i$ when `eos_token_id == 2`, as in transformers).
 
     ??? cite "Reference"
-
         ```bibtex
         @inproceedings{radford2021clip,
-            title={Learning Transferable Visual Models From Natural Language Supervision},
-            author={Radford, Alec and Kim, Jong Wook and Hallacy, Chris and Ramesh, Aditya and Goh,
-                    Gabriel and Agarwal, Sandhini and Sastry, Girish and Askell, Amanda and Mishkin,
-                    Pamela and Clark, Jack and Krueger, Gretchen and Sutskever, Ilya},
-            booktitle={ICML},
-            year={2021}
-        }
+          title={Learning Transferable Visual Models From Natural Language Supervision},
+          author={Radford, Alec and Kim, Jong Wook and Hallacy, Chris and Ramesh, Aditya and Goh,
+                  Gabriel and Agarwal, Sandhini and Sastry, Girish and Askell, Amanda and Mishkin,
+                  Pamela and Clark, Jack and Krueger, Gretchen and Sutskever, Ilya},
+          booktitle={ICML}, year={2021}}
         ```
 
     **Arguments:**
 
     - `config`: a [`CLIPTextConfig`][diffuse_eqx.models.flux.CLIPTextConfig].
+    - `dtype`: the parameters' dtype (`jnp.float32` or `jnp.bfloat16`).
     - `key`: a JAX random key (random weights; use
       [`CLIPTextEncoder.from_pretrained`][diffuse_eqx.models.flux.CLIPTextEncoder.from_pretrained] for real
       ones).
@@ -158,15 +155,15 @@ class CLIPTextEncoder(eqx.Module):
     final_norm: eqx.nn.LayerNorm
     config: CLIPTextConfig = eqx.field(static=True)
 
-    def __init__(self, config: CLIPTextConfig, *, key: PRNGKeyArray):
+    def __init__(self, config: CLIPTextConfig, *, dtype=jnp.float32, key: PRNGKeyArray):
         kt, kp, kl = jr.split(key, 3)
         d = config.hidden_size
-        self.token_embedding = 0.02 * jr.normal(kt, (config.vocab_size, d))
-        self.position_embedding = 0.01 * jr.normal(kp, (config.max_position_embeddings, d))
-        self.layers = eqx.filter_vmap(lambda k: _CLIPLayer(config, key=k))(
+        self.token_embedding = 0.02 * jr.normal(kt, (config.vocab_size, d), dtype)
+        self.position_embedding = 0.01 * jr.normal(kp, (config.max_position_embeddings, d), dtype)
+        self.layers = eqx.filter_vmap(lambda k: _CLIPLayer(config, dtype=dtype, key=k))(
             jr.split(kl, config.num_hidden_layers)
         )
-        self.final_norm = eqx.nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.final_norm = eqx.nn.LayerNorm(d, eps=config.layer_norm_eps, dtype=dtype)
         self.config = config
 
     def __call__(
@@ -218,7 +215,7 @@ class CLIPTextEncoder(eqx.Module):
         path = Path(path)
         config = CLIPTextConfig.from_json(path / "config.json")
         ckpt = Checkpoint(path, dtype, strip_prefix="text_model.")
-        skeleton = eqx.filter_eval_shape(cls, config, key=jr.key(0))
+        skeleton = eqx.filter_eval_shape(cls, config, dtype=dtype, key=jr.key(0))
         return load_into(skeleton, _convert(ckpt, config), ckpt.source)
 
 

@@ -6,7 +6,7 @@ layers), gated-GELU feed-forward blocks, and a final norm. The checkpoint mappin
 bottom of this file.
 """
 
-import dataclasses
+import functools
 import math
 from pathlib import Path
 
@@ -20,8 +20,7 @@ from .._weights import Checkpoint, load_into
 from .clip import _read_config
 
 
-@dataclasses.dataclass(frozen=True)
-class T5Config:
+class T5Config(eqx.Module):
     """Hyperparameters of a T5 v1.1 encoder, named as in transformers' `T5Config` (the defaults are
     FLUX's T5-XXL, `text_encoder_2/config.json`).
 
@@ -46,7 +45,7 @@ class T5Config:
     layer_norm_epsilon: float = 1e-6
     feed_forward_proj: str = "gated-gelu"
 
-    def __post_init__(self):
+    def __check_init__(self):
         if self.feed_forward_proj != "gated-gelu":
             raise ValueError(
                 f"feed_forward_proj={self.feed_forward_proj!r} is not supported: this is a T5 v1.1 encoder "
@@ -85,17 +84,18 @@ class _T5Layer(eqx.Module):
     wo: eqx.nn.Linear
     num_heads: int = eqx.field(static=True)
 
-    def __init__(self, config: T5Config, *, key: PRNGKeyArray):
+    def __init__(self, config: T5Config, *, dtype, key: PRNGKeyArray):
         d, inner, f = config.d_model, config.num_heads * config.d_kv, config.d_ff
         kq, kk, kv, ko, k0, k1, k2 = jr.split(key, 7)
         eps = config.layer_norm_epsilon
-        self.attn_norm = eqx.nn.RMSNorm(d, eps=eps, use_bias=False)
-        self.q, self.k, self.v = (eqx.nn.Linear(d, inner, use_bias=False, key=k) for k in (kq, kk, kv))
-        self.o = eqx.nn.Linear(inner, d, use_bias=False, key=ko)
-        self.ff_norm = eqx.nn.RMSNorm(d, eps=eps, use_bias=False)
-        self.wi_0 = eqx.nn.Linear(d, f, use_bias=False, key=k0)
-        self.wi_1 = eqx.nn.Linear(d, f, use_bias=False, key=k1)
-        self.wo = eqx.nn.Linear(f, d, use_bias=False, key=k2)
+        linear = functools.partial(eqx.nn.Linear, use_bias=False, dtype=dtype)
+        self.attn_norm = eqx.nn.RMSNorm(d, eps=eps, use_bias=False, dtype=dtype)
+        self.q, self.k, self.v = (linear(d, inner, key=k) for k in (kq, kk, kv))
+        self.o = linear(inner, d, key=ko)
+        self.ff_norm = eqx.nn.RMSNorm(d, eps=eps, use_bias=False, dtype=dtype)
+        self.wi_0 = linear(d, f, key=k0)
+        self.wi_1 = linear(d, f, key=k1)
+        self.wo = linear(f, d, key=k2)
         self.num_heads = config.num_heads
 
     def __call__(
@@ -132,29 +132,22 @@ class T5Encoder(eqx.Module):
     $\mathrm{RMS}_f(h^{(n)})$.
 
     ??? cite "Reference"
-
         ```bibtex
         @article{raffel2020t5,
-            title={Exploring the Limits of Transfer Learning with a Unified Text-to-Text Transformer},
-            author={Raffel, Colin and Shazeer, Noam and Roberts, Adam and Lee, Katherine and Narang,
-                    Sharan and Matena, Michael and Zhou, Yanqi and Li, Wei and Liu, Peter J.},
-            journal={Journal of Machine Learning Research},
-            volume={21},
-            number={140},
-            pages={1--67},
-            year={2020}
-        }
+          title={Exploring the Limits of Transfer Learning with a Unified Text-to-Text Transformer},
+          author={Raffel, Colin and Shazeer, Noam and Roberts, Adam and Lee, Katherine and Narang,
+                  Sharan and Matena, Michael and Zhou, Yanqi and Li, Wei and Liu, Peter J.},
+          journal={Journal of Machine Learning Research},
+          volume={21}, number={140}, pages={1--67}, year={2020}}
         @article{shazeer2020glu,
-            title={{GLU} Variants Improve Transformer},
-            author={Shazeer, Noam},
-            journal={arXiv:2002.05202},
-            year={2020}
-        }
+          title={{GLU} Variants Improve Transformer}, author={Shazeer, Noam},
+          journal={arXiv:2002.05202}, year={2020}}
         ```
 
     **Arguments:**
 
     - `config`: a [`T5Config`][diffuse_eqx.models.flux.T5Config].
+    - `dtype`: the parameters' dtype (`jnp.float32` or `jnp.bfloat16`).
     - `key`: a JAX random key (random weights; use
       [`T5Encoder.from_pretrained`][diffuse_eqx.models.flux.T5Encoder.from_pretrained] for real ones).
     """
@@ -165,14 +158,17 @@ class T5Encoder(eqx.Module):
     final_norm: eqx.nn.RMSNorm
     config: T5Config = eqx.field(static=True)
 
-    def __init__(self, config: T5Config, *, key: PRNGKeyArray):
+    def __init__(self, config: T5Config, *, dtype=jnp.float32, key: PRNGKeyArray):
         ke, kb, kl = jr.split(key, 3)
-        self.embedding = jr.normal(ke, (config.vocab_size, config.d_model))
+        d, eps = config.d_model, config.layer_norm_epsilon
+        self.embedding = jr.normal(ke, (config.vocab_size, d), dtype)
         self.relative_attention_bias = jr.normal(
-            kb, (config.relative_attention_num_buckets, config.num_heads)
+            kb, (config.relative_attention_num_buckets, config.num_heads), dtype
         )
-        self.layers = eqx.filter_vmap(lambda k: _T5Layer(config, key=k))(jr.split(kl, config.num_layers))
-        self.final_norm = eqx.nn.RMSNorm(config.d_model, eps=config.layer_norm_epsilon, use_bias=False)
+        self.layers = eqx.filter_vmap(lambda k: _T5Layer(config, dtype=dtype, key=k))(
+            jr.split(kl, config.num_layers)
+        )
+        self.final_norm = eqx.nn.RMSNorm(d, eps=eps, use_bias=False, dtype=dtype)
         self.config = config
 
     def __call__(
@@ -214,7 +210,7 @@ class T5Encoder(eqx.Module):
         path = Path(path)
         config = T5Config.from_json(path / "config.json")
         ckpt = Checkpoint(path, dtype)
-        skeleton = eqx.filter_eval_shape(cls, config, key=jr.key(0))
+        skeleton = eqx.filter_eval_shape(cls, config, dtype=dtype, key=jr.key(0))
         return load_into(skeleton, _convert(ckpt, config), ckpt.source)
 
 

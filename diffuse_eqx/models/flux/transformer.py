@@ -2,16 +2,17 @@ r"""The FLUX.1 transformer (Black Forest Labs' `flux/model.py` and `flux/modules
 
 One sample, unbatched (vmap for a batch). Blocks of one kind are stored stacked (every parameter has
 a leading block axis) and run with `jax.lax.scan`, so the compiled program does not grow with depth.
-Parameter names follow BFL's;
-[`FluxTransformer.from_pretrained`][diffuse_eqx.models.flux.FluxTransformer.from_pretrained] maps both the
-BFL single files
-and the diffusers `transformer/` folders onto them (`_convert_transformer.py`).
+The modules are BFL's, under BFL's names (`double_blocks.img_attn.norm.query_norm.scale`,
+`single_blocks.linear1.weight`, `final_layer.adaLN_modulation.1.weight`, ...), so a BFL single file maps
+onto the parameters by identity (less the `model.diffusion_model.` prefix and the block index);
+[`FluxTransformer.from_pretrained`][diffuse_eqx.models.flux.FluxTransformer.from_pretrained] also reads
+the diffusers `transformer/` folders, whose names `_convert_transformer.py` maps in one table.
 """
 
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -19,6 +20,9 @@ import jax.numpy as jnp
 import jax.random as jr
 from jax.typing import DTypeLike
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
+
+from .._weights import Checkpoint, CheckpointError, load_into
+from ._convert_transformer import BFL_PREFIX, bfl_config, convert_transformer, diffusers_config
 
 
 _F32 = jnp.float32
@@ -107,7 +111,7 @@ class FluxTransformerConfig(eqx.Module):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Layers
+# Layers (BFL's `modules/layers.py`; modules without parameters keep their place, so paths match BFL's)
 
 
 class _Linear(eqx.Module):
@@ -127,23 +131,50 @@ class _Linear(eqx.Module):
         return y if self.bias is None else y + self.bias
 
 
-class _MLP(eqx.Module):
-    """`out_layer(activation(in_layer(x)))`: BFL's `MLPEmbedder` (SiLU) and block MLPs (tanh-GELU)."""
+class _SiLU(eqx.Module):
+    """`nn.SiLU()`."""
+
+    def __call__(self, x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+        return jax.nn.silu(x)
+
+
+class _GELU(eqx.Module):
+    """`nn.GELU(approximate="tanh")`."""
+
+    def __call__(self, x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+        return jax.nn.gelu(x, approximate=True)
+
+
+class _LayerNorm(eqx.Module):
+    """`nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)`, statistics in float32."""
+
+    def __call__(self, x: Float[Array, "L d"]) -> Float[Array, "L d"]:
+        x32 = x.astype(_F32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        return ((x32 - mean) * jax.lax.rsqrt(var + _NORM_EPS)).astype(x.dtype)
+
+
+def _sequential(layers: tuple[eqx.Module, ...], x: Float[Array, "*batch d"]) -> Float[Array, "*batch e"]:
+    """`nn.Sequential`: a tuple of layers applied in turn (so its parameters are `name.0`, `name.2`, ...)."""
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+class _MLPEmbedder(eqx.Module):
+    """BFL's `MLPEmbedder`: `out_layer(silu(in_layer(x)))`."""
 
     in_layer: _Linear
     out_layer: _Linear
-    activation: Literal["silu", "gelu_tanh"] = eqx.field(static=True)
 
-    def __init__(self, dim_in: int, dim_hidden: int, dim_out: int, activation, *, dtype, key: PRNGKeyArray):
+    def __init__(self, in_dim: int, hidden_dim: int, *, dtype, key: PRNGKeyArray):
         k1, k2 = jr.split(key)
-        self.in_layer = _Linear(dim_in, dim_hidden, dtype=dtype, key=k1)
-        self.out_layer = _Linear(dim_hidden, dim_out, dtype=dtype, key=k2)
-        self.activation = activation
+        self.in_layer = _Linear(in_dim, hidden_dim, dtype=dtype, key=k1)
+        self.out_layer = _Linear(hidden_dim, hidden_dim, dtype=dtype, key=k2)
 
-    def __call__(self, x: Float[Array, "*batch d_in"]) -> Float[Array, "*batch d_out"]:
-        h = self.in_layer(x)
-        h = jax.nn.silu(h) if self.activation == "silu" else jax.nn.gelu(h, approximate=True)
-        return self.out_layer(h)
+    def __call__(self, x: Float[Array, " d_in"]) -> Float[Array, " d"]:
+        return self.out_layer(jax.nn.silu(self.in_layer(x)))
 
 
 class _RMSNorm(eqx.Module):
@@ -160,19 +191,57 @@ class _RMSNorm(eqx.Module):
         return (x32 * rrms).astype(x.dtype) * self.scale
 
 
-def _layer_norm(x: Float[Array, "L d"]) -> Float[Array, "L d"]:
-    """Affine-free LayerNorm (eps 1e-6), statistics in float32."""
-    x32 = x.astype(_F32)
-    mean = jnp.mean(x32, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-    return ((x32 - mean) * jax.lax.rsqrt(var + _NORM_EPS)).astype(x.dtype)
+class _QKNorm(eqx.Module):
+    """BFL's `QKNorm`: RMS-normalised queries and keys, returned in the values' dtype."""
+
+    query_norm: _RMSNorm
+    key_norm: _RMSNorm
+
+    def __init__(self, dim: int, *, dtype):
+        self.query_norm = _RMSNorm(dim, dtype=dtype)
+        self.key_norm = _RMSNorm(dim, dtype=dtype)
+
+    def __call__(
+        self, q: Float[Array, "L H D"], k: Float[Array, "L H D"], v: Float[Array, "L H D"]
+    ) -> tuple[Float[Array, "L H D"], Float[Array, "L H D"]]:
+        return self.query_norm(q).astype(v.dtype), self.key_norm(k).astype(v.dtype)
 
 
-def _modulate(
-    x: Float[Array, "L d"], shift: Float[Array, " d"], scale: Float[Array, " d"]
-) -> Float[Array, "L d"]:
-    r"""adaLN: $(1 + \mathrm{scale}) \odot \mathrm{LN}(x) + \mathrm{shift}$."""
-    return (1 + scale) * _layer_norm(x) + shift
+class _SelfAttention(eqx.Module):
+    """BFL's `SelfAttention`: the fused QKV projection, QK-norm and output projection of one stream of a
+    double block (the block runs the joint attention itself)."""
+
+    qkv: _Linear
+    norm: _QKNorm
+    proj: _Linear
+
+    def __init__(self, dim: int, head_dim: int, *, qkv_bias: bool, dtype, key: PRNGKeyArray):
+        k1, k2 = jr.split(key)
+        self.qkv = _Linear(dim, 3 * dim, bias=qkv_bias, dtype=dtype, key=k1)
+        self.norm = _QKNorm(head_dim, dtype=dtype)
+        self.proj = _Linear(dim, dim, dtype=dtype, key=k2)
+
+
+class _ModulationOut(NamedTuple):
+    shift: Float[Array, " d"]
+    scale: Float[Array, " d"]
+    gate: Float[Array, " d"]
+
+
+class _Modulation(eqx.Module):
+    r"""BFL's `Modulation`: $(\beta, \gamma, g)$ (two such triples for a double block)
+    $= W\,\mathrm{silu}(y) + b$."""
+
+    lin: _Linear
+    is_double: bool = eqx.field(static=True)
+
+    def __init__(self, dim: int, *, double: bool, dtype, key: PRNGKeyArray):
+        self.is_double = double
+        self.lin = _Linear(dim, (6 if double else 3) * dim, dtype=dtype, key=key)
+
+    def __call__(self, vec: Float[Array, " d"]) -> tuple[_ModulationOut, _ModulationOut | None]:
+        out = jnp.split(self.lin(jax.nn.silu(vec)), 6 if self.is_double else 3)
+        return _ModulationOut(*out[:3]), _ModulationOut(*out[3:]) if self.is_double else None
 
 
 def _timestep_embedding(
@@ -189,8 +258,8 @@ def _timestep_embedding(
 def _rope(
     ids: Real[Array, "L n_axes"], axes_dim: tuple[int, ...], theta: int
 ) -> tuple[Float[Array, "L half"], ...]:
-    r"""The rotation angles of 3-axis RoPE as (cos, sin), float32: pair $j$ of axis $a$ turns by
-    $p_a \theta^{-2j/d_a}$, the axes' pairs concatenated (`half` = head_dim / 2)."""
+    r"""BFL's `EmbedND`: the rotation angles of 3-axis RoPE as (cos, sin), float32: pair $j$ of axis
+    $a$ turns by $p_a \theta^{-2j/d_a}$, the axes' pairs concatenated (`half` = head_dim / 2)."""
     pos = ids.astype(_F32)
     angles = [
         pos[:, a, None] * theta ** (-jnp.arange(0, d, 2, dtype=_F32) / d) for a, d in enumerate(axes_dim)
@@ -244,29 +313,6 @@ def _split_heads(qkv: Float[Array, "L threeHD"], num_heads: int) -> tuple[Float[
     return q, k, v
 
 
-class _SelfAttention(eqx.Module):
-    """The fused QKV projection, RMS QK-norm and output projection of one stream of a double block."""
-
-    qkv: _Linear
-    query_norm: _RMSNorm
-    key_norm: _RMSNorm
-    proj: _Linear
-    num_heads: int = eqx.field(static=True)
-
-    def __init__(self, config: FluxTransformerConfig, *, dtype, key: PRNGKeyArray):
-        k1, k2 = jr.split(key)
-        d = config.hidden_size
-        self.qkv = _Linear(d, 3 * d, bias=config.qkv_bias, dtype=dtype, key=k1)
-        self.query_norm = _RMSNorm(config.head_dim, dtype=dtype)
-        self.key_norm = _RMSNorm(config.head_dim, dtype=dtype)
-        self.proj = _Linear(d, d, dtype=dtype, key=k2)
-        self.num_heads = config.num_heads
-
-    def heads(self, x: Float[Array, "L d"]) -> tuple[Float[Array, "L H D"], ...]:
-        q, k, v = _split_heads(self.qkv(x), self.num_heads)
-        return self.query_norm(q).astype(v.dtype), self.key_norm(k).astype(v.dtype), v
-
-
 class _DoubleStreamBlock(eqx.Module):
     r"""BFL's `DoubleStreamBlock`: separate weights for the image and text streams, joint attention
     over [text; image] tokens. For each stream, with $(\beta_1, \gamma_1, g_1, \beta_2, \gamma_2, g_2)$
@@ -276,22 +322,40 @@ class _DoubleStreamBlock(eqx.Module):
       x \leftarrow x + g_2 \odot \mathrm{MLP}((1+\gamma_2)\mathrm{LN}(x) + \beta_2).$$
     """
 
-    img_mod: _Linear
+    img_mod: _Modulation
+    img_norm1: _LayerNorm
     img_attn: _SelfAttention
-    img_mlp: _MLP
-    txt_mod: _Linear
+    img_norm2: _LayerNorm
+    img_mlp: tuple[_Linear, _GELU, _Linear]
+    txt_mod: _Modulation
+    txt_norm1: _LayerNorm
     txt_attn: _SelfAttention
-    txt_mlp: _MLP
+    txt_norm2: _LayerNorm
+    txt_mlp: tuple[_Linear, _GELU, _Linear]
+    num_heads: int = eqx.field(static=True)
 
     def __init__(self, config: FluxTransformerConfig, *, dtype, key: PRNGKeyArray):
-        keys = jr.split(key, 6)
-        d, m = config.hidden_size, config.mlp_hidden
-        self.img_mod = _Linear(d, 6 * d, dtype=dtype, key=keys[0])
-        self.img_attn = _SelfAttention(config, dtype=dtype, key=keys[1])
-        self.img_mlp = _MLP(d, m, d, "gelu_tanh", dtype=dtype, key=keys[2])
-        self.txt_mod = _Linear(d, 6 * d, dtype=dtype, key=keys[3])
-        self.txt_attn = _SelfAttention(config, dtype=dtype, key=keys[4])
-        self.txt_mlp = _MLP(d, m, d, "gelu_tanh", dtype=dtype, key=keys[5])
+        keys = jr.split(key, 8)
+        d, m, head_dim, qkv_bias = config.hidden_size, config.mlp_hidden, config.head_dim, config.qkv_bias
+        self.num_heads = config.num_heads
+        self.img_mod = _Modulation(d, double=True, dtype=dtype, key=keys[0])
+        self.img_norm1 = _LayerNorm()
+        self.img_attn = _SelfAttention(d, head_dim, qkv_bias=qkv_bias, dtype=dtype, key=keys[1])
+        self.img_norm2 = _LayerNorm()
+        self.img_mlp = (
+            _Linear(d, m, dtype=dtype, key=keys[2]),
+            _GELU(),
+            _Linear(m, d, dtype=dtype, key=keys[3]),
+        )
+        self.txt_mod = _Modulation(d, double=True, dtype=dtype, key=keys[4])
+        self.txt_norm1 = _LayerNorm()
+        self.txt_attn = _SelfAttention(d, head_dim, qkv_bias=qkv_bias, dtype=dtype, key=keys[5])
+        self.txt_norm2 = _LayerNorm()
+        self.txt_mlp = (
+            _Linear(d, m, dtype=dtype, key=keys[6]),
+            _GELU(),
+            _Linear(m, d, dtype=dtype, key=keys[7]),
+        )
 
     def __call__(
         self,
@@ -300,26 +364,31 @@ class _DoubleStreamBlock(eqx.Module):
         vec: Float[Array, " d"],
         pe: tuple[Array, Array],
     ) -> tuple[Float[Array, "Li d"], Float[Array, "Lt d"]]:
-        img_shift1, img_scale1, img_gate1, img_shift2, img_scale2, img_gate2 = jnp.split(
-            self.img_mod(jax.nn.silu(vec)), 6
-        )
-        txt_shift1, txt_scale1, txt_gate1, txt_shift2, txt_scale2, txt_gate2 = jnp.split(
-            self.txt_mod(jax.nn.silu(vec)), 6
-        )
-        img_q, img_k, img_v = self.img_attn.heads(_modulate(img, img_shift1, img_scale1))
-        txt_q, txt_k, txt_v = self.txt_attn.heads(_modulate(txt, txt_shift1, txt_scale1))
-        attn = _attention(
-            jnp.concatenate([txt_q, img_q]),
-            jnp.concatenate([txt_k, img_k]),
-            jnp.concatenate([txt_v, img_v]),
-            pe,
-        )
+        img_mod1, img_mod2 = self.img_mod(vec)
+        txt_mod1, txt_mod2 = self.txt_mod(vec)
+
+        img_modulated = (1 + img_mod1.scale) * self.img_norm1(img) + img_mod1.shift
+        img_q, img_k, img_v = _split_heads(self.img_attn.qkv(img_modulated), self.num_heads)
+        img_q, img_k = self.img_attn.norm(img_q, img_k, img_v)
+
+        txt_modulated = (1 + txt_mod1.scale) * self.txt_norm1(txt) + txt_mod1.shift
+        txt_q, txt_k, txt_v = _split_heads(self.txt_attn.qkv(txt_modulated), self.num_heads)
+        txt_q, txt_k = self.txt_attn.norm(txt_q, txt_k, txt_v)
+
+        q = jnp.concatenate([txt_q, img_q])
+        k = jnp.concatenate([txt_k, img_k])
+        v = jnp.concatenate([txt_v, img_v])
+        attn = _attention(q, k, v, pe)
         txt_attn, img_attn = attn[: txt.shape[0]], attn[txt.shape[0] :]
 
-        img = img + img_gate1 * self.img_attn.proj(img_attn)
-        img = img + img_gate2 * self.img_mlp(_modulate(img, img_shift2, img_scale2))
-        txt = txt + txt_gate1 * self.txt_attn.proj(txt_attn)
-        txt = txt + txt_gate2 * self.txt_mlp(_modulate(txt, txt_shift2, txt_scale2))
+        img = img + img_mod1.gate * self.img_attn.proj(img_attn)
+        img = img + img_mod2.gate * _sequential(
+            self.img_mlp, (1 + img_mod2.scale) * self.img_norm2(img) + img_mod2.shift
+        )
+        txt = txt + txt_mod1.gate * self.txt_attn.proj(txt_attn)
+        txt = txt + txt_mod2.gate * _sequential(
+            self.txt_mlp, (1 + txt_mod2.scale) * self.txt_norm2(txt) + txt_mod2.shift
+        )
         return img, txt
 
 
@@ -332,51 +401,58 @@ class _SingleStreamBlock(eqx.Module):
       x \leftarrow x + g \odot \mathrm{linear2}([\mathrm{Attn}(q, k, v), \mathrm{gelu}(u)]).$$
     """
 
-    modulation: _Linear
     linear1: _Linear
-    query_norm: _RMSNorm
-    key_norm: _RMSNorm
     linear2: _Linear
+    norm: _QKNorm
+    pre_norm: _LayerNorm
+    mlp_act: _GELU
+    modulation: _Modulation
+    hidden_size: int = eqx.field(static=True)
     num_heads: int = eqx.field(static=True)
 
     def __init__(self, config: FluxTransformerConfig, *, dtype, key: PRNGKeyArray):
         k1, k2, k3 = jr.split(key, 3)
         d, m = config.hidden_size, config.mlp_hidden
-        self.modulation = _Linear(d, 3 * d, dtype=dtype, key=k1)
-        self.linear1 = _Linear(d, 3 * d + m, dtype=dtype, key=k2)
-        self.query_norm = _RMSNorm(config.head_dim, dtype=dtype)
-        self.key_norm = _RMSNorm(config.head_dim, dtype=dtype)
-        self.linear2 = _Linear(d + m, d, dtype=dtype, key=k3)
-        self.num_heads = config.num_heads
+        self.hidden_size, self.num_heads = d, config.num_heads
+        self.linear1 = _Linear(d, 3 * d + m, dtype=dtype, key=k1)
+        self.linear2 = _Linear(d + m, d, dtype=dtype, key=k2)
+        self.norm = _QKNorm(config.head_dim, dtype=dtype)
+        self.pre_norm = _LayerNorm()
+        self.mlp_act = _GELU()
+        self.modulation = _Modulation(d, double=False, dtype=dtype, key=k3)
 
     def __call__(
         self, x: Float[Array, "L d"], vec: Float[Array, " d"], pe: tuple[Array, Array]
     ) -> Float[Array, "L d"]:
-        shift, scale, gate = jnp.split(self.modulation(jax.nn.silu(vec)), 3)
-        d = x.shape[-1]
-        h = self.linear1(_modulate(x, shift, scale))
-        q, k, v = _split_heads(h[:, : 3 * d], self.num_heads)
-        q, k = self.query_norm(q).astype(v.dtype), self.key_norm(k).astype(v.dtype)
-        mlp = jax.nn.gelu(h[:, 3 * d :], approximate=True)
-        return x + gate * self.linear2(jnp.concatenate([_attention(q, k, v, pe), mlp], axis=-1))
+        mod, _ = self.modulation(vec)
+        x_mod = (1 + mod.scale) * self.pre_norm(x) + mod.shift
+        qkv, mlp = jnp.split(self.linear1(x_mod), [3 * self.hidden_size], axis=-1)
+        q, k, v = _split_heads(qkv, self.num_heads)
+        q, k = self.norm(q, k, v)
+        attn = _attention(q, k, v, pe)
+        output = self.linear2(jnp.concatenate([attn, self.mlp_act(mlp)], axis=-1))
+        return x + mod.gate * output
 
 
 class _LastLayer(eqx.Module):
     r"""BFL's `LastLayer`: $\mathrm{linear}((1+\gamma)\mathrm{LN}(x) + \beta)$ with
     $(\beta, \gamma) = W\,\mathrm{silu}(y) + b$ (shift first)."""
 
-    adaLN_modulation: _Linear
+    norm_final: _LayerNorm
     linear: _Linear
+    adaLN_modulation: tuple[_SiLU, _Linear]
 
     def __init__(self, config: FluxTransformerConfig, *, dtype, key: PRNGKeyArray):
         k1, k2 = jr.split(key)
         d = config.hidden_size
-        self.adaLN_modulation = _Linear(d, 2 * d, dtype=dtype, key=k1)
-        self.linear = _Linear(d, config.output_channels, dtype=dtype, key=k2)
+        self.norm_final = _LayerNorm()
+        self.linear = _Linear(d, config.output_channels, dtype=dtype, key=k1)
+        self.adaLN_modulation = (_SiLU(), _Linear(d, 2 * d, dtype=dtype, key=k2))
 
     def __call__(self, x: Float[Array, "L d"], vec: Float[Array, " d"]) -> Float[Array, "L c"]:
-        shift, scale = jnp.split(self.adaLN_modulation(jax.nn.silu(vec)), 2)
-        return self.linear(_modulate(x, shift, scale))
+        shift, scale = jnp.split(_sequential(self.adaLN_modulation, vec), 2)
+        x = (1 + scale) * self.norm_final(x) + shift
+        return self.linear(x)
 
 
 def _scan_blocks(blocks: eqx.Module, carry, step: Callable):
@@ -405,13 +481,8 @@ class FluxTransformer(eqx.Module):
     RMS-normalised queries and keys, and $1/\sqrt{D}$ scaling ($D$ the head dimension); layer norms are
     affine-free with $(1 + \text{scale}, \text{shift}, \text{gate})$ modulation from $\mathrm{silu}(y)$.
 
-    In bf16 the weights and activations are bf16, while the timestep embedding, RoPE, and the
-    statistics of LayerNorm and QK RMS-norm are computed in float32 (as in the reference).
-
-    Blocks of one kind are stored stacked and run with `jax.lax.scan` (compile time independent of
-    depth); attention is `jax.nn.dot_product_attention`, through cuDNN's fused kernel on NVIDIA GPUs
-    in bf16/fp16. Build one with random weights from a
-    [`FluxTransformerConfig`][diffuse_eqx.models.flux.FluxTransformerConfig], or load a checkpoint with
+    In bf16, the timestep embedding, RoPE and the norms' statistics are still float32
+    ([FLUX.1 → Numerics][flux-numerics]). Load a checkpoint with
     [`FluxTransformer.from_pretrained`][diffuse_eqx.models.flux.FluxTransformer.from_pretrained].
 
     ??? cite "Reference"
@@ -431,9 +502,9 @@ class FluxTransformer(eqx.Module):
     config: FluxTransformerConfig = eqx.field(static=True)
     img_in: _Linear
     txt_in: _Linear
-    time_in: _MLP
-    vector_in: _MLP
-    guidance_in: _MLP | None
+    time_in: _MLPEmbedder
+    vector_in: _MLPEmbedder
+    guidance_in: _MLPEmbedder | None
     double_blocks: _DoubleStreamBlock
     single_blocks: _SingleStreamBlock
     final_layer: _LastLayer
@@ -444,11 +515,9 @@ class FluxTransformer(eqx.Module):
         self.config = config
         self.img_in = _Linear(config.in_channels, d, dtype=dtype, key=keys[0])
         self.txt_in = _Linear(config.context_in_dim, d, dtype=dtype, key=keys[1])
-        self.time_in = _MLP(256, d, d, "silu", dtype=dtype, key=keys[2])
-        self.vector_in = _MLP(config.vec_in_dim, d, d, "silu", dtype=dtype, key=keys[3])
-        self.guidance_in = (
-            _MLP(256, d, d, "silu", dtype=dtype, key=keys[4]) if config.guidance_embed else None
-        )
+        self.time_in = _MLPEmbedder(256, d, dtype=dtype, key=keys[2])
+        self.vector_in = _MLPEmbedder(config.vec_in_dim, d, dtype=dtype, key=keys[3])
+        self.guidance_in = _MLPEmbedder(256, d, dtype=dtype, key=keys[4]) if config.guidance_embed else None
         self.double_blocks = eqx.filter_vmap(lambda k: _DoubleStreamBlock(config, dtype=dtype, key=k))(
             jr.split(keys[5], config.depth)
         )
@@ -473,14 +542,22 @@ class FluxTransformer(eqx.Module):
         - `axes_dim`: RoPE axes for a BFL file whose head dimension is not FLUX.1's 128 (BFL files do
           not record them); otherwise `(16, 56, 56)` or the diffusers `config.json` value.
 
-        **Returns:**
-
-        The [`FluxTransformer`][diffuse_eqx.models.flux.FluxTransformer]. Raises `CheckpointError`
-        naming any missing, unexpected or mis-shaped tensor, or an unreadable file.
+        **Returns:** the [`FluxTransformer`][diffuse_eqx.models.flux.FluxTransformer]. Raises
+        `CheckpointError` naming any missing, unexpected or mis-shaped tensor, or an unreadable file.
         """
-        from ._convert_transformer import load_transformer
-
-        return load_transformer(path, dtype=dtype, axes_dim=axes_dim)
+        path = Path(path)
+        if path.is_dir() and (path / "config.json").is_file():
+            layout, config = "diffusers", diffusers_config(path / "config.json", axes_dim)
+            ckpt = Checkpoint(path, dtype)
+        else:
+            layout, ckpt = "bfl", Checkpoint(path, dtype, strip_prefix=BFL_PREFIX)
+            config = bfl_config(ckpt, axes_dim)
+        try:
+            config = FluxTransformerConfig(**config)
+        except (TypeError, ValueError) as e:  # the checkpoint's architecture, not a programming error
+            raise CheckpointError(f"{ckpt.source}: not a valid FLUX.1 transformer architecture ({e})") from e
+        skeleton = eqx.filter_eval_shape(cls, config, dtype=dtype, key=jr.key(0))
+        return load_into(skeleton, convert_transformer(ckpt, skeleton, layout), ckpt.source)
 
     def __call__(
         self,
@@ -505,9 +582,7 @@ class FluxTransformer(eqx.Module):
         - `img_ids`, `txt_ids`: RoPE positions per token (FLUX: `(0, row, col)` for image tokens, zeros
           for text tokens).
 
-        **Returns:**
-
-        The velocity $dx_t/dt$ of the tokens, `(L_img, out_channels)`, in the parameters' dtype.
+        **Returns:** the velocity $dx_t/dt$ of the tokens, `(L_img, out_channels)`, in the parameters' dtype.
         """
         cfg = self.config
         self._check_inputs(img, txt, pooled, guidance, img_ids)
