@@ -1,4 +1,4 @@
-"""The `diffuse-eqx` command.
+"""The `diffuse-eqx` command: an application on top of the library, which never imports it.
 
 ```
 diffuse-eqx demo [--out DIR] [--particles N] [--batch-particles N] [--seed S] [--quick]
@@ -6,6 +6,9 @@ diffuse-eqx generate --model REPO_OR_DIR --prompt TEXT [--height H] [--width W] 
                      [--timer T] [--integrator I] [--n N] [--seed S] [--guidance G]
                      [--negative-prompt TEXT --true-cfg W] [--dtype D] [--out DIR] [--progress]
 ```
+
+One module per command (`demo.py`, `generate.py`), imported only when that command runs: the parser
+below needs nothing but the standard library.
 """
 
 import argparse
@@ -93,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `diffuse-eqx` command; `argv` defaults to `sys.argv[1:]`."""
     args = _parser().parse_args(argv)
     if args.command == "demo":
-        from ._demo import QUICK, DemoConfig, run_demo  # heavy imports only when running
+        from .demo import QUICK, DemoConfig, run_demo  # heavy imports only when running
 
         settings = dict(QUICK) if args.quick else {}
         if args.particles is not None:
@@ -102,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings["n_batch"] = args.batch_particles
         run_demo(DemoConfig(out=args.out, seed=args.seed, **settings))
     elif args.command == "generate":
-        from .models.flux.generate import generate
+        from .generate import generate
 
         generate(
             args.model,
