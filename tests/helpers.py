@@ -1,5 +1,9 @@
-"""Shared test fixtures: exact Gaussian targets and their closed-form probability-flow ODE."""
+"""Shared test helpers: exact Gaussian targets, their closed-form probability-flow ODE, the 8-component
+mixture of the sampling tests with its exact samples and noise floor, and warped time grids."""
 
+import functools
+
+import jax.random as jr
 import numpy as np
 
 import diffuse_eqx as dx
@@ -32,3 +36,42 @@ def circle_mixture(n_components=8, radius=4.0, std=0.3) -> dx.GaussianMixture:
     means = radius * np.stack([np.cos(ang), np.sin(ang)], -1)
     covs = np.tile(std**2 * np.eye(2), (n_components, 1, 1))
     return dx.GaussianMixture(np.full(n_components, 1 / n_components), means, covs)
+
+
+def mixture_8() -> dx.GaussianMixture:
+    """A 2-D mixture of 8 components with unequal weights and anisotropic covariances."""
+    rng = np.random.default_rng(0)
+    ang = 2 * np.pi * np.arange(8) / 8
+    means = 3 * np.stack([np.cos(ang), np.sin(ang)], 1)
+    w = rng.uniform(0.5, 1.5, 8)
+    a = 0.25 * rng.normal(size=(8, 2, 2))
+    return dx.GaussianMixture(w / w.sum(), means, a @ a.transpose(0, 2, 1) + 0.05 * np.eye(2))
+
+
+MIXTURE_8 = mixture_8()
+#: The key of the sliced-Wasserstein projections, shared by every comparison.
+SW_KEY = jr.PRNGKey(12345)
+
+
+@functools.lru_cache
+def exact_and_floor(n: int):
+    """`n` exact samples of `MIXTURE_8`, and the noise floor: the mean SW between independent exact
+    sets of size `n` (what sampling error has to be compared with). Computed once per size."""
+    exact = MIXTURE_8.sample(jr.PRNGKey(999), n)
+    pairs = [
+        (MIXTURE_8.sample(jr.PRNGKey(2 * i), n), MIXTURE_8.sample(jr.PRNGKey(2 * i + 1), n)) for i in range(4)
+    ]
+    floor = float(np.mean([dx.sliced_wasserstein(a, b, SW_KEY) for a, b in pairs]))
+    return exact, floor
+
+
+def warped_grid(t_hi, t_lo, kappa):
+    """n + 1 times from t_hi down to t_lo, spaced by the smooth monotone warp
+    u -> (exp(kappa u) - 1) / (exp(kappa) - 1) (kappa = 0: uniform)."""
+
+    def grid(n):
+        u = np.linspace(1, 0, n + 1)
+        w = u if abs(kappa) < 1e-8 else np.expm1(kappa * u) / np.expm1(kappa)
+        return t_lo + (t_hi - t_lo) * w
+
+    return grid

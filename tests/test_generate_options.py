@@ -1,4 +1,5 @@
-"""Denoiser.generate's extras: chunked (batch_size), multi-device (sharding), callbacks and progress."""
+"""Denoiser.generate's options: chunked (batch_size), multi-device (sharding), callbacks and progress;
+none of them changes the samples."""
 
 import math
 import os

@@ -1,11 +1,12 @@
 """Samples against the exact distribution, and the exact mixture network against autodiff."""
 
+import helpers
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from helpers import PATHS
+from helpers import MIXTURE_8, PATHS, SW_KEY
 
 import diffuse_eqx as dx
 
@@ -13,28 +14,12 @@ import diffuse_eqx as dx
 N = 4000
 
 
-def mixture_8() -> dx.GaussianMixture:
-    """A 2-D mixture of 8 components with unequal weights and anisotropic covariances."""
-    rng = np.random.default_rng(0)
-    ang = 2 * np.pi * np.arange(8) / 8
-    means = 3 * np.stack([np.cos(ang), np.sin(ang)], 1)
-    w = rng.uniform(0.5, 1.5, 8)
-    a = 0.25 * rng.normal(size=(8, 2, 2))
-    return dx.GaussianMixture(w / w.sum(), means, a @ a.transpose(0, 2, 1) + 0.05 * np.eye(2))
-
-
-GMM = mixture_8()
-SW_KEY = jr.PRNGKey(12345)
+GMM = MIXTURE_8
 
 
 @pytest.fixture(scope="module")
 def exact_and_floor():
-    """Exact reference samples, and the noise floor: the mean SW between independent exact sets of
-    the same size (it is what sampling error has to be compared with)."""
-    exact = GMM.sample(jr.PRNGKey(999), N)
-    pairs = [(GMM.sample(jr.PRNGKey(2 * i), N), GMM.sample(jr.PRNGKey(2 * i + 1), N)) for i in range(4)]
-    floor = float(np.mean([dx.sliced_wasserstein(a, b, SW_KEY) for a, b in pairs]))
-    return exact, floor
+    return helpers.exact_and_floor(N)
 
 
 CASES = [

@@ -64,7 +64,11 @@ def test_sharded_folder(tmp_path):
         "weight_map": {"proj.weight": "a.safetensors", "proj.bias": "b.safetensors", "scale": "b.safetensors"}
     }
     (tmp_path / "model.safetensors.index.json").write_text(__import__("json").dumps(index))
-    load_into(skeleton(), convert(Checkpoint(tmp_path)))
+    model = load_into(skeleton(), convert(Checkpoint(tmp_path)))
+    # every tensor comes from its own shard, with its values
+    np.testing.assert_array_equal(model.lin.weight, t["proj.weight"])
+    np.testing.assert_array_equal(model.lin.bias, t["proj.bias"])
+    np.testing.assert_array_equal(model.scale, t["scale"])
 
 
 @pytest.mark.parametrize(
