@@ -36,4 +36,3 @@ def sliced_wasserstein(
     theta = theta / jnp.linalg.norm(theta, axis=-1, keepdims=True)
     px, py = jnp.sort(x @ theta.T, axis=0), jnp.sort(y @ theta.T, axis=0)
     return jnp.sqrt(jnp.mean((px - py) ** 2))
-
