@@ -281,6 +281,7 @@ class DiffraxAdaptive(AbstractDiffraxODE):
     max_steps: int = eqx.field(default=4096, static=True)
 
     def __check_init__(self):
+        _check_ode_solver(self.solver, "DiffraxAdaptive")  # equinox runs this before the base's check
         if not isinstance(self.solver, dfx.AbstractAdaptiveSolver):
             raise ValueError(
                 f"DiffraxAdaptive needs a solver with an error estimate; {type(self.solver).__name__} has "
