@@ -22,6 +22,8 @@ settings.load_profile("ci")
 @pytest.fixture(autouse=True, scope="module")
 def _free_compiled_programs():
     """Drop JAX's compiled programs after each test module: one long pytest process otherwise keeps
-    thousands of CPU executables alive (an XLA compile crashed once late in a full run)."""
+    thousands of CPU executables alive (an XLA compile crashed once late in a full run). The suite
+    also runs in parallel worker processes (pytest-xdist, `--dist=loadfile` in pyproject.toml), so
+    each process compiles only its share."""
     yield
     jax.clear_caches()
