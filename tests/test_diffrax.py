@@ -54,7 +54,8 @@ def errors_on_grids(integrator, path, mean, var, z, grid_of_n, steps):
             + np.sqrt(float(path.alpha(t0)) ** 2 * var + float(path.sigma(t0)) ** 2) * z
         )
         padded = jnp.asarray(np.pad(ts, (0, MAX_STEPS + 1 - len(ts)), mode="edge"))
-        x_end = solve_on_padded_grid(integrator, predictor, padded, n, jnp.asarray(x))
+        # n as an array: traced, so that every grid size shares one compilation
+        x_end = solve_on_padded_grid(integrator, predictor, padded, jnp.asarray(n), jnp.asarray(x))
         errors.append(np.linalg.norm(np.asarray(x_end) - exact_pf_ode(path, mean, var, x, t0, t1)))
     return np.asarray(errors)
 
