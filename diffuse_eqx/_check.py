@@ -7,9 +7,12 @@ leaves: value checks run only on concrete values (the first construction, by the
 values are checked with `eqx.error_if` where they are used.
 """
 
+import math
 from collections.abc import Callable
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -40,12 +43,31 @@ def check_value(name: str, value, ok: Callable[[float], bool], requirement: str,
         raise ValueError(f"{name} must be {requirement}{hint}; got {value}.")
 
 
-def check_positive(name: str, value, hint: str = "") -> None:
-    check_value(name, value, lambda v: v > 0, "> 0", hint)
+def check_positive(name: str, value, hint: str = "", allow_inf: bool = False) -> None:
+    """`value > 0`, and finite unless `allow_inf`."""
+    ok = (lambda v: v > 0) if allow_inf else (lambda v: 0 < v < math.inf)
+    check_value(name, value, ok, "> 0" if allow_inf else "> 0 and finite", hint)
 
 
-def check_nonnegative(name: str, value, hint: str = "") -> None:
-    check_value(name, value, lambda v: v >= 0, ">= 0", hint)
+def check_nonnegative(name: str, value, hint: str = "", allow_inf: bool = False) -> None:
+    """`value >= 0`, and finite unless `allow_inf`."""
+    ok = (lambda v: v >= 0) if allow_inf else (lambda v: 0 <= v < math.inf)
+    check_value(name, value, ok, ">= 0" if allow_inf else ">= 0 and finite", hint)
+
+
+def check_traced(x, name: str, value, ok: Callable, requirement: str):
+    """`x` as it is when `value` is concrete (checked at construction). A traced `value` (a module
+    built under `jit`/`vmap`, e.g. vmapped over a hyperparameter) puts `x` behind an
+    `eqx.error_if` that fails at run time with "`name` must be `requirement`" wherever `ok(value)`
+    (a `jnp` predicate) is false; guarding the array the computation goes on with keeps the check
+    from being optimised away."""
+    if value is None or concrete(value):
+        return x
+    return eqx.error_if(x, ~jnp.all(ok(jnp.asarray(value))), f"{name} must be {requirement}.")
+
+
+def finite_nonnegative(v):
+    return (v >= 0) & jnp.isfinite(v)
 
 
 def check_interval(name: str, value, lo: float, hi: float, *, open_lo=False, open_hi=False, hint="") -> None:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PyTree
 
-from .._check import check_nonnegative, concrete
+from .._check import check_nonnegative, check_traced, concrete, finite_nonnegative
 from .._custom_types import NFE, Hyperparameter, Particle, Scalar, Time
 from .._path import AbstractPath
 from .._predictor import PREDICTIONS, AbstractPredictor, Prediction, PredictionType, Predictor
@@ -96,6 +96,7 @@ class AbstractGuidance(AbstractPredictor):
         """Both predictions of the conditional, combined by the rule; cost: the conditional's."""
         inner, memory = state
         t = jnp.asarray(t)
+        x = check_traced(x, f"{type(self).__name__} scale", self.scale, finite_nonnegative, ">= 0 and finite")
         cond, uncond, inner, nfe = self.predictor.evaluate(x, t, inner)
         _check_same_shape(cond, uncond)
         pred, memory = self.combine(cond, uncond, t, memory)

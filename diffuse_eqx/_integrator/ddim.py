@@ -1,6 +1,6 @@
 import jax.numpy as jnp
 
-from .._check import check_interval
+from .._check import check_interval, check_traced
 from .._custom_types import Hyperparameter, Particle, Time
 from .._path import AbstractPath
 from .._predictor import AbstractPredictor, Prediction
@@ -52,6 +52,7 @@ class DDIM(AbstractSingleStep):
         x = state.position
         pred, state = evaluate(predictor, state, x, t)
         z, state = noise(state)
+        z = check_traced(z, "DDIM eta", self.eta, lambda e: (e >= 0) & (e <= 1), "in [0, 1]")
         return state.replace(position=ancestral_step(predictor.path, pred, t, t_next, self.eta, z))
 
 

@@ -2,7 +2,7 @@ from typing import ClassVar
 
 import jax.numpy as jnp
 
-from .._check import check_nonnegative
+from .._check import check_nonnegative, check_traced, finite_nonnegative
 from .._custom_types import Hyperparameter, Time
 from .._predictor import AbstractPredictor
 from .base import AbstractMultistep, IntegratorState, evaluate, noise, step_coefficients
@@ -63,6 +63,7 @@ class DPMpp2MSDE(AbstractMultistep):
         pred, state = evaluate(predictor, state, x, t)
         d, memory = multistep_data(path, pred.x0, t, t_next, state.memory)
         z, state = noise(state)
+        z = check_traced(z, "DPMpp2MSDE eta", self.eta, finite_nonnegative, ">= 0 and finite")
         c = step_coefficients(path, t, t_next)
         eta_h = eta * jnp.where(eta == 0, 0.0, c.h)  # 0 at eta = 0 even where h = inf
         x_next = c.a_s * d + (c.s_s / c.s_t) * jnp.exp(-eta_h) * (x - c.a_t * d)

@@ -1,4 +1,4 @@
-from .._check import check_nonnegative
+from .._check import check_nonnegative, check_traced, finite_nonnegative
 from .._custom_types import Hyperparameter, Time
 from .._predictor import AbstractPredictor
 from .base import AbstractSingleStep, IntegratorState, evaluate, noise
@@ -60,4 +60,5 @@ class EulerAncestral(AbstractSingleStep):
     ) -> IntegratorState:
         pred, state = evaluate(predictor, state, state.position, t)
         z, state = noise(state)
+        z = check_traced(z, "EulerAncestral eta", self.eta, finite_nonnegative, ">= 0 and finite")
         return state.replace(position=ancestral_step(predictor.path, pred, t, t_next, self.eta, z))

@@ -1,6 +1,6 @@
 import jax.numpy as jnp
 
-from .._check import check_nonnegative
+from .._check import check_nonnegative, check_traced, finite_nonnegative
 from .._custom_types import Grid, Hyperparameter, Key, Particle, Time
 from .._path import Flow
 from .._predictor import AbstractPredictor
@@ -64,6 +64,7 @@ class EulerAncestralRF(AbstractIntegrator):
         x = state.position
         pred, state = evaluate(predictor, state, x, t)
         z, state = noise(state)
+        z = check_traced(z, "EulerAncestralRF eta", self.eta, finite_nonnegative, ">= 0 and finite")
         t, s = jnp.asarray(t), jnp.asarray(t_next)
         t_down = jnp.maximum(s * (1 + (s / t - 1) * self.eta), 0.0)
         x_down = (t_down / t) * x + (1 - t_down / t) * pred.x0

@@ -1,6 +1,6 @@
 import jax.numpy as jnp
 
-from .._check import check_nonnegative
+from .._check import check_nonnegative, check_traced, finite_nonnegative
 from .._custom_types import Hyperparameter, Time
 from .._predictor import AbstractPredictor
 from .base import AbstractSingleStep, IntegratorState, evaluate, noise
@@ -57,6 +57,9 @@ class EulerMaruyama(AbstractSingleStep):
         x, h, path, eps = state.position, t_next - t, predictor.path, self.noise_scale
         pred, state = evaluate(predictor, state, x, t)
         z, state = noise(state)
+        z = check_traced(
+            z, "EulerMaruyama noise_scale", self.noise_scale, finite_nonnegative, ">= 0 and finite"
+        )
         g2 = path.diffusion_squared(t)
         g2 = jnp.where(jnp.isfinite(g2), g2, 0.0)  # alpha_t = 0: the probability-flow Euler step
         drift = pred.velocity(path, t) - (eps**2 / 2) * g2 * pred.score(path, t)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Int
 
-from .._check import as_numpy, concrete
+from .._check import as_numpy, check_int, concrete
 from .._custom_types import Grid, Scalar
 
 
@@ -24,8 +24,33 @@ class AbstractTimer(eqx.Module):
         """The grid $t_0 > t_1 > \\dots > t_{n}$, shape `(n_steps + 1,)`."""
 
     def __call__(self, i: Int[ArrayLike, ""]) -> Scalar:
-        """The `i`-th time of the grid, $0 \\le i \\le$ `n_steps`."""
-        return self.times()[i]
+        """The `i`-th time of the grid, $0 \\le i \\le$ `n_steps` (an `IndexError` outside; a
+        traced `i` is checked at run time)."""
+        n = self.n_steps
+        if concrete(i):
+            if isinstance(i, bool) or not np.issubdtype(np.asarray(i).dtype, np.integer) or np.ndim(i):
+                raise TypeError(f"{type(self).__name__}(i): i must be an integer index; got {i!r}.")
+            if not 0 <= int(i) <= n:
+                raise IndexError(f"{type(self).__name__}(i): i = {int(i)} is outside the grid's 0..{n}.")
+            return self.times()[i]
+        msg = f"{type(self).__name__}(i): i is outside the grid's 0..n_steps."
+        return self.times()[eqx.error_if(i, (i < 0) | (i > n), msg)]
+
+
+#: The most steps a timer takes (a grid of `MAX_STEPS + 1` times); more is refused before the grid
+#: is allocated.
+MAX_STEPS = 1_000_000
+
+
+def check_n_steps(name: str, n_steps) -> int:
+    """`n_steps` a positive integer of at most `MAX_STEPS`, or an error naming the timer."""
+    check_int(f"{name} n_steps", n_steps)
+    if n_steps > MAX_STEPS:
+        raise ValueError(
+            f"{name} n_steps = {n_steps} is more than MAX_STEPS = {MAX_STEPS:,}: no sampler needs that "
+            "many, and the grid alone would take gigabytes."
+        )
+    return int(n_steps)
 
 
 def check_grid(name: str, ts) -> None:

@@ -1,9 +1,9 @@
 import equinox as eqx
 import jax.numpy as jnp
 
-from .._check import check_int, concrete
+from .._check import concrete
 from .._custom_types import Grid
-from .base import AbstractTimer, check_grid, check_range
+from .base import AbstractTimer, check_grid, check_n_steps, check_range
 
 
 class ExponentialTimer(AbstractTimer):
@@ -28,7 +28,7 @@ class ExponentialTimer(AbstractTimer):
     append_zero: bool = eqx.field(default=True, static=True)
 
     def __check_init__(self):
-        check_int("ExponentialTimer n_steps", self.n_steps)
+        check_n_steps("ExponentialTimer", self.n_steps)
         check_range("ExponentialTimer", self.t_max, self.t_min)
         if concrete(self.t_min) and not self.t_min > 0:
             raise ValueError(f"ExponentialTimer needs t_min > 0 (log-spaced); got t_min={self.t_min}.")

@@ -1,9 +1,9 @@
 import equinox as eqx
 import jax.numpy as jnp
 
-from .._check import check_int, concrete
+from .._check import concrete
 from .._custom_types import Grid
-from .base import AbstractTimer, check_grid
+from .base import AbstractTimer, check_grid, check_n_steps
 
 
 class FluxTimer(AbstractTimer):
@@ -42,7 +42,7 @@ class FluxTimer(AbstractTimer):
     max_shift: float = 1.15
 
     def __check_init__(self):
-        check_int("FluxTimer n_steps", self.n_steps)
+        check_n_steps("FluxTimer", self.n_steps)
         if (self.shift is None) == (self.image_seq_len is None):
             raise ValueError(
                 "FluxTimer needs exactly one of `shift` (static) and `image_seq_len` (dynamic); got "

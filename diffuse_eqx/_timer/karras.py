@@ -1,9 +1,9 @@
 import equinox as eqx
 import jax.numpy as jnp
 
-from .._check import check_int, concrete
+from .._check import concrete
 from .._custom_types import Grid
-from .base import AbstractTimer, check_grid, check_range
+from .base import AbstractTimer, check_grid, check_n_steps, check_range
 
 
 class KarrasTimer(AbstractTimer):
@@ -40,7 +40,7 @@ class KarrasTimer(AbstractTimer):
     append_zero: bool = eqx.field(default=True, static=True)
 
     def __check_init__(self):
-        check_int("KarrasTimer n_steps", self.n_steps)
+        check_n_steps("KarrasTimer", self.n_steps)
         check_range("KarrasTimer", self.t_max, self.t_min)
         if concrete(self.t_min, self.rho):
             if not self.t_min > 0:

@@ -1,9 +1,8 @@
 import equinox as eqx
 import jax.numpy as jnp
 
-from .._check import check_int
 from .._custom_types import Grid
-from .base import AbstractTimer, check_grid, check_range
+from .base import AbstractTimer, check_grid, check_n_steps, check_range
 
 
 class UniformTimer(AbstractTimer):
@@ -21,7 +20,7 @@ class UniformTimer(AbstractTimer):
     t_min: float = 0.0
 
     def __check_init__(self):
-        check_int("UniformTimer n_steps", self.n_steps)
+        check_n_steps("UniformTimer", self.n_steps)
         check_range("UniformTimer", self.t_max, self.t_min)
         check_grid("UniformTimer", self.times())
 

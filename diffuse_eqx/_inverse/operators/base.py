@@ -8,7 +8,7 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, Float, Inexact, Shaped
 
-from ..._check import as_numpy, concrete
+from ..._check import as_numpy, check_traced, concrete
 from ..._custom_types import Hyperparameter, Key, Scalar
 
 
@@ -21,6 +21,13 @@ Mask = Shaped[Array, "*m"]  # boolean or 0/1
 def check_binary(name: str, mask) -> None:
     if concrete(mask) and not np.isin(as_numpy(mask), (0, 1)).all():
         raise ValueError(f"{name} mask must be boolean or hold only 0 and 1.")
+
+
+def binary(name: str, mask):
+    """`mask`, checked at run time when traced (a mask built under `jit`/`vmap`)."""
+    return check_traced(
+        mask, f"{name} mask", mask, lambda m: (m == 0) | (m == 1), "boolean or hold only 0 and 1"
+    )
 
 
 def check_fits(name: str, mask_shape: tuple[int, ...], x_shape: tuple[int, ...]) -> None:

@@ -6,7 +6,7 @@ from jaxtyping import Array, Bool
 
 from ..._check import check_interval
 from ..._custom_types import Hyperparameter, Key
-from .base import AbstractLinearOperator, Mask, Signal, check_binary, check_fits
+from .base import AbstractLinearOperator, Mask, Signal, binary, check_binary, check_fits
 
 
 class Inpainting(AbstractLinearOperator):
@@ -39,7 +39,7 @@ class Inpainting(AbstractLinearOperator):
 
     def apply(self, x: Signal) -> Signal:
         self.y_shape(x.shape)
-        return jnp.where(self.mask, x, 0)
+        return jnp.where(binary("Inpainting", self.mask), x, 0)
 
     def adjoint(self, y: Signal) -> Signal:
         return self.apply(y)
@@ -50,7 +50,9 @@ class Inpainting(AbstractLinearOperator):
 
     def normal(self, c: Hyperparameter, x: Signal) -> tuple[lx.DiagonalLinearOperator, lx.Diagonal]:
         r"""$\mathrm{diag}(cm + \sigma_y^2)$, solved elementwise."""
-        diagonal = jnp.broadcast_to(c * self.mask + jnp.asarray(self.sigma_y) ** 2, x.shape)
+        diagonal = jnp.broadcast_to(
+            c * binary("Inpainting", self.mask) + jnp.asarray(self.sigma_y) ** 2, x.shape
+        )
         return lx.DiagonalLinearOperator(diagonal.astype(x.dtype)), lx.Diagonal()
 
 

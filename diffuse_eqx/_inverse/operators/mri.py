@@ -8,7 +8,7 @@ import lineax as lx
 from jaxtyping import Array, Bool, Inexact
 
 from ..._custom_types import Hyperparameter, Key
-from .base import AbstractLinearOperator, Mask, Signal, check_binary, check_fits, normal_cg
+from .base import AbstractLinearOperator, Mask, Signal, binary, check_binary, check_fits, normal_cg
 
 
 class MRI(AbstractLinearOperator):
@@ -47,15 +47,15 @@ class MRI(AbstractLinearOperator):
 
     def apply(self, x: Signal) -> Inexact[Array, "*x"]:
         self.y_shape(x.shape)
-        return jnp.where(self.mask, jnp.fft.fft2(x, norm="ortho"), 0)
+        return jnp.where(binary("MRI", self.mask), jnp.fft.fft2(x, norm="ortho"), 0)
 
     def adjoint(self, y: Inexact[Array, "*y"]) -> Signal:
         self.y_shape(y.shape)
-        return jnp.fft.ifft2(jnp.where(self.mask, y, 0), norm="ortho").real
+        return jnp.fft.ifft2(jnp.where(binary("MRI", self.mask), y, 0), norm="ortho").real
 
     def pinv(self, y: Inexact[Array, "*y"]) -> Signal:
         r"""$A^+ y = A^\top(y / w)$, see above."""
-        mirror = jnp.roll(jnp.flip(self.mask, (-2, -1)), 1, axis=(-2, -1))  # m(-kappa)
+        mirror = jnp.roll(jnp.flip(binary("MRI", self.mask), (-2, -1)), 1, axis=(-2, -1))  # m(-kappa)
         return self.adjoint(y * jnp.where(mirror, 1.0, 2.0))
 
     def normal(self, c: Hyperparameter, x: Signal) -> tuple[lx.FunctionLinearOperator, lx.CG]:
