@@ -87,7 +87,15 @@ class Denoiser(eqx.Module):
     - `integrator`: any [`AbstractIntegrator`][diffuse_eqx.AbstractIntegrator].
     - `timer`: any [`AbstractTimer`][diffuse_eqx.AbstractTimer]; it alone holds `n_steps`.
     - `x0_shape`: the shape of one sample.
-    - `dtype`: the dtype of the particles (default: JAX's default float).
+    - `dtype`: the dtype of the particles (default: JAX's default float), real floating point.
+      A low-precision dtype (`bfloat16`, `float16`) is the network's business: the particles and
+      the integrator's arithmetic stay in float32 (a bf16 network casts its input down, and
+      [`Predictor`][diffuse_eqx.Predictor] casts its output up), as rounding every step of the
+      state to bf16 costs accuracy for no speed (`benchmarks/bf16_sampling.py`).
+
+    The grid must start at the path's `t_max`, or where the signal-to-noise ratio
+    $\alpha(t_0)/\sigma(t_0)$ is at most `SNR_TOLERANCE` (2e-2): the initial particles
+    $\sigma(t_0) z$ leave out the data term $\alpha(t_0) x_0$, which must be negligible there.
     """
 
     predictor: AbstractPredictor
@@ -99,6 +107,8 @@ class Denoiser(eqx.Module):
     def __check_init__(self):
         if not all(isinstance(d, int | np.integer) and d > 0 for d in self.x0_shape):
             raise ValueError(f"x0_shape must be a tuple of positive ints; got {self.x0_shape}.")
+        if self.dtype is not None and not jnp.issubdtype(self.dtype, jnp.floating):
+            raise TypeError(f"Denoiser dtype must be a real floating-point dtype; got {self.dtype}.")
         ts = self.timer.times()
         if not concrete(ts):
             return
@@ -107,6 +117,14 @@ class Denoiser(eqx.Module):
             raise ValueError(
                 f"The timer starts at t={t0}, beyond the path's t_max={path.t_max}: the grid must "
                 f"lie in [0, t_max] of {type(path).__name__}."
+            )
+        if concrete(path.t_max) and not _starts_from_noise(path, jnp.asarray(t0)):
+            snr = float(path.alpha(t0) / path.sigma(t0))
+            raise ValueError(
+                f"The timer starts at t0={t0}, below the path's t_max={path.t_max}, where the "
+                f"signal-to-noise ratio alpha(t0)/sigma(t0) = {snr:.3g} exceeds SNR_TOLERANCE = "
+                f"{SNR_TOLERANCE:g}: pure noise sigma(t0) z would lack the data term alpha(t0) x0. "
+                f"Start the grid at t_max={path.t_max}."
             )
         prediction = self.predictor.prediction if isinstance(self.predictor, Predictor) else None
         if prediction in ("noise", "score") and float(path.alpha(t0)) == 0:
@@ -126,6 +144,7 @@ class Denoiser(eqx.Module):
         sharding: Sharding | Mesh | None = None,
         callback: Callable[[int, float, np.ndarray, np.ndarray], object] | None = None,
         progress: bool = False,
+        check_finite: bool = False,
     ) -> DenoiserOutput:
         """Draws `n_particles` samples: a `lax.scan` over the grid whose body steps the whole batch of
         particles. None of `batch_size`, `sharding`, `callback` and `progress` changes the samples:
@@ -149,6 +168,10 @@ class Denoiser(eqx.Module):
           latest data estimate ([`IntegratorState.x0`][diffuse_eqx.IntegratorState]), as NumPy arrays
           of shape `(n_particles, *x0_shape)` gathered from all devices.
         - `progress`: show a `tqdm` progress bar advanced once per step.
+        - `check_finite`: raise a `FloatingPointError` naming the first step, its times and a
+          particle at which a particle became NaN or infinite (one reduction per step; when off,
+          the default, nothing is compiled in). Under an outer `jit` the error is an
+          `eqx.error_if` run-time error without the step.
 
         **Returns:** a [`DenoiserOutput`][diffuse_eqx.DenoiserOutput].
         """
@@ -165,9 +188,9 @@ class Denoiser(eqx.Module):
             )
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be a function callback(step, t, x, x0); got {callback!r}.")
-        config = (n_particles, bool(keep_history), batch_size, sharding)
+        config = (n_particles, bool(keep_history), batch_size, sharding, bool(check_finite))
         if callback is None and not progress:
-            return _generate(self, key, None, *config)[0]
+            return _checked(self, *_generate(self, key, None, *config))
 
         bar = _progress_bar(int(self.timer.n_steps)) if progress else None
 
@@ -180,13 +203,46 @@ class Denoiser(eqx.Module):
         call_id = next(_call_ids) % 2**31
         _host_calls[call_id] = on_step
         try:
-            out, _ = jax.block_until_ready(_generate(self, key, jnp.asarray(call_id, jnp.int32), *config))
+            out = jax.block_until_ready(_generate(self, key, jnp.asarray(call_id, jnp.int32), *config))
             jax.effects_barrier()  # every host callback of this call has run
         finally:
             del _host_calls[call_id]
             if bar is not None:
                 bar.close()
+        return _checked(self, *out)
+
+
+#: The largest signal-to-noise ratio alpha(t0)/sigma(t0) at which a grid may start from pure noise
+#: below the path's t_max (t0 = 0.99 on `Flow`: 0.0101; EDM at sigma = 80: 0.0125).
+SNR_TOLERANCE = 2e-2
+
+
+def _starts_from_noise(path, t0) -> Array:
+    """True where a grid starting at `t0` may start from pure noise: `t0` is the path's `t_max`
+    (EDM's sigma_max = 80 included), or the signal-to-noise ratio there is at most `SNR_TOLERANCE`."""
+    at_t_max = t0 >= path.t_max * (1 - 1e-6)
+    return at_t_max | (path.alpha(t0) <= SNR_TOLERANCE * path.sigma(t0))
+
+
+def _checked(denoiser: Denoiser, out: DenoiserOutput, x0, bad) -> DenoiserOutput:
+    """`out`, after the run-time check of a traced grid and `check_finite`'s verdict: `bad` is
+    `None` (not checked) or the first (step, particle) at which a particle was non-finite, (-1, -1)
+    if none."""
+    del x0
+    out = _checked_grid(denoiser.predictor.path, denoiser.timer.times(), out)
+    if bad is None:
         return out
+    if not concrete(bad):
+        return eqx.error_if(out, bad[0] >= 0, "generate(check_finite=True): a particle became non-finite.")
+    step, particle = (int(b) for b in as_numpy(bad))
+    if step < 0:
+        return out
+    ts = as_numpy(denoiser.timer.times())
+    where = "in the initial noise" if step == 0 else f"at step {step} (t = {ts[step - 1]:g} -> {ts[step]:g})"
+    raise FloatingPointError(
+        f"generate(check_finite=True): particle {particle} became non-finite (NaN or inf) {where} of "
+        f"{len(ts) - 1}. Check the network's output there (e.g. dx.Predictor(...).predict(x, t))."
+    )
 
 
 def _progress_bar(total: int):
@@ -246,9 +302,10 @@ def _generate(
     keep_history: bool,
     batch_size: int | None,
     sharding: NamedSharding | None,
-) -> tuple[DenoiserOutput, Float[Array, " n_particles *shape"]]:
+    check_finite: bool = False,
+) -> tuple[DenoiserOutput, Float[Array, " n_particles *shape"], Int[Array, " 2"] | None]:
     ts = denoiser.timer.times()
-    dtype = denoiser.dtype or jnp.result_type(float)
+    dtype = jnp.promote_types(denoiser.dtype or jnp.result_type(float), jnp.float32)
     std = denoiser.predictor.path.prior_std(ts[0])
     integrator, predictor = denoiser.integrator, denoiser.predictor
     groups = 1 if sharding is None else _particle_sharding(sharding)[1]
@@ -276,22 +333,48 @@ def _generate(
 
     state = batched(init, place(particle_keys(key, n_particles)))
     x_init = state.position
+    no_bad = jnp.full((2,), -1, jnp.int32)
+    bad = _first_non_finite(no_bad, 0, x_init) if check_finite else None
 
-    def body(state, xs):
+    def body(carry, xs):
+        state, bad = carry
         i, t, t_next = xs
         state = batched(lambda s: integrator.step(predictor, s, t, t_next), state)
+        if check_finite:
+            bad = _first_non_finite(bad, i + 1, state.position)
         # fences the step off from what reads it, so that a callback cannot change how XLA fuses
         # (and rounds) the step: the samples are the same, bit for bit, with or without one
         state = lax.optimization_barrier(state)
         if call_id is not None:  # gathered (replicated) first: the host sees the whole batch
             x, x0 = place((state.position, state.x0), replicate=True)
             jax.debug.callback(_on_step, call_id, i, t_next, x, x0)
-        return state, state.position if keep_history else None
+        return (state, bad), state.position if keep_history else None
 
     n_steps = ts.shape[0] - 1
-    state, positions = lax.scan(body, state, (jnp.arange(n_steps), ts[:-1], ts[1:]))
+    (state, bad), positions = lax.scan(body, (state, bad), (jnp.arange(n_steps), ts[:-1], ts[1:]))
     history = place(jnp.concatenate([x_init[None], positions]), (None,)) if keep_history else None
     out = DenoiserOutput(samples=state.position, nfe=jnp.max(state.nfe), history=history)
     # the last x0 estimate is returned (and dropped by `generate`) so that XLA computes and carries
     # x0 at every step with or without a callback reading it: the same fusions, the same rounding
-    return out, state.x0
+    return out, state.x0, bad
+
+
+def _first_non_finite(bad: Int[Array, " 2"], step, x: Float[Array, " n *shape"]) -> Int[Array, " 2"]:
+    """`bad` if already set, else (step, first non-finite particle) if there is one."""
+    finite = jnp.all(jnp.isfinite(x).reshape(x.shape[0], -1), axis=1)
+    now = jnp.stack([jnp.asarray(step, jnp.int32), jnp.argmin(finite).astype(jnp.int32)])
+    return jnp.where((bad[0] < 0) & ~jnp.all(finite), now, bad)
+
+
+def _checked_grid(path, ts: Grid, out: DenoiserOutput) -> DenoiserOutput:
+    """`out` behind a run-time check of a traced grid (a timer built under `jit`/`vmap`): finite,
+    strictly decreasing, in [0, t_max], starting from noise (see `SNR_TOLERANCE`). A concrete grid
+    was checked when the timer and the Denoiser were built."""
+    if concrete(ts):
+        return out
+    ok = jnp.all(jnp.isfinite(ts)) & jnp.all(ts[1:] < ts[:-1]) & (ts[-1] >= 0)
+    out = eqx.error_if(out, ~ok, "Denoiser: the grid must be finite, strictly decreasing and >= 0.")
+    ok = (ts[0] <= path.t_max * (1 + 1e-6)) & _starts_from_noise(path, ts[0])
+    return eqx.error_if(
+        out, ~ok, "Denoiser: the grid must start at the path's t_max, or where alpha/sigma <= SNR_TOLERANCE."
+    )

@@ -121,6 +121,11 @@ class Predictor(AbstractPredictor):
         out = self.network(x, t)
         if out.shape != x.shape:
             raise ValueError(f"network(x, t) must return an array shaped like x {x.shape}; got {out.shape}.")
+        if not jnp.issubdtype(out.dtype, jnp.floating):
+            raise TypeError(
+                f"network(x, t) must return real floating-point values (a {self.prediction}); got dtype "
+                f"{out.dtype}."
+            )
         return self.convert(x, t, out), state, jnp.asarray(1, jnp.int32)
 
     def convert(self, x: Particle, t: Time, out: Particle) -> Prediction:

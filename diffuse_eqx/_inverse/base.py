@@ -6,6 +6,7 @@ import abc
 from collections.abc import Callable
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PyTree
 
@@ -24,6 +25,14 @@ def check_y(name: str, operator: AbstractOperator, y, x_shape: tuple[int, ...]) 
             f"{name}: y has shape {tuple(y.shape)}, but {type(operator).__name__} maps a signal of shape "
             f"{tuple(x_shape)} to a measurement of shape {expected}. Pass the measurement of this "
             "operator, e.g. y = operator.measure(key, x)."
+        )
+    measured = jax.eval_shape(operator.apply, jax.ShapeDtypeStruct(tuple(x_shape), jnp.result_type(float)))
+    complex_y, complex_out = (jnp.issubdtype(d, jnp.complexfloating) for d in (y.dtype, measured.dtype))
+    if not jnp.issubdtype(y.dtype, jnp.inexact) or (complex_y and not complex_out):
+        raise TypeError(
+            f"{name}: y has dtype {y.dtype}, but {type(operator).__name__} measures "
+            f"{'complex' if complex_out else 'real'} values: pass a floating-point y"
+            f"{'' if complex_out else ' (its imaginary part would be dropped)'}."
         )
 
 

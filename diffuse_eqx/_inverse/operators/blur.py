@@ -8,6 +8,7 @@ import jax.random as jr
 import lineax as lx
 from jaxtyping import Array, Float, Inexact
 
+from ..._check import check_int
 from ..._custom_types import Hyperparameter, Key
 from .base import AbstractLinearOperator, Signal, normal_cg
 
@@ -93,6 +94,7 @@ def motion_kernel(key: Key, size: int, intensity: float, n_points: int = 256) ->
     """
     if size < 2 or not 0 <= intensity <= 1:
         raise ValueError(f"motion_kernel needs size >= 2 and intensity in [0, 1]; got {size}, {intensity}.")
+    check_int("motion_kernel n_points", n_points, minimum=2, hint=" (a path of at least two steps)")
     return _motion_kernel(key, size, intensity, n_points)
 
 

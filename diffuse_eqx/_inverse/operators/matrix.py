@@ -21,6 +21,13 @@ class Matrix(AbstractLinearOperator):
     A: Float[Array, "d_y d_x"] = eqx.field(converter=jnp.asarray)
     sigma_y: Hyperparameter = 0.0
 
+    def __check_init__(self):
+        if self.A.ndim != 2 or not jnp.issubdtype(self.A.dtype, jnp.floating):
+            raise ValueError(
+                f"Matrix A must be a real floating-point matrix of shape (d_y, d_x); got shape "
+                f"{self.A.shape} and dtype {self.A.dtype}."
+            )
+
     @property
     def signal_shape(self) -> tuple[int]:
         """`(d_x,)`."""
