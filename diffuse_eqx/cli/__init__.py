@@ -12,24 +12,50 @@ below needs nothing but the standard library.
 """
 
 import argparse
+import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 
-def _particle_count(text: str) -> int:
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, `diffuse-eqx: error: ...`, exit code 2 (subcommands included)."""
+
+    def error(self, message: str):
+        self.exit(2, f"diffuse-eqx: error: {message} (see {self.prog} --help)\n")
+
+
+def _integer(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {text!r}")
+        return value
+
+    return parse
+
+
+_particle_count = _integer(16)
+
+
+def _finite_float(text: str) -> float:
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        value = None
-    if value is None or value < 16:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 16; got {text!r}")
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0; got {text!r}")
     return value
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="diffuse-eqx", description="Modular sampling from diffusion and flow-matching models."
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
@@ -70,18 +96,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--model", default="black-forest-labs/FLUX.1-dev", help="repo id or diffusers folder")
     gen.add_argument("--prompt", required=True)
-    gen.add_argument("--height", type=int, default=512)
-    gen.add_argument("--width", type=int, default=512)
-    gen.add_argument("--steps", type=int, default=20)
+    gen.add_argument("--height", type=_integer(16), default=512, help="a multiple of 16 (default 512)")
+    gen.add_argument("--width", type=_integer(16), default=512, help="a multiple of 16 (default 512)")
+    gen.add_argument("--steps", type=_integer(1), default=20)
     gen.add_argument("--timer", default="flux", choices=["flux", "uniform", "karras", "exponential"])
     gen.add_argument("--integrator", default="euler", choices=["euler", "heun", "ddim", "dpmpp2s", "dpmpp2m"])
-    gen.add_argument("--n", type=int, default=1, help="images (particles) to draw")
+    gen.add_argument("--n", type=_integer(1), default=1, help="images (particles) to draw")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--guidance", type=float, default=3.5, help="distilled guidance (dev only)")
+    gen.add_argument("--guidance", type=_finite_float, default=3.5, help="distilled guidance (dev only)")
     gen.add_argument("--negative-prompt", default=None, metavar="TEXT", help="prompt to guide away from")
     gen.add_argument(
         "--true-cfg",
-        type=float,
+        type=_finite_float,
         default=1.0,
         metavar="W",
         help="true CFG scale between --prompt and --negative-prompt (default 1: off; 2 NFE per call)",
@@ -93,8 +119,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `diffuse-eqx` command; `argv` defaults to `sys.argv[1:]`."""
+    """Entry point of the `diffuse-eqx` command; `argv` defaults to `sys.argv[1:]`. An error is
+    printed as one line, `diffuse-eqx: error: ...`, with exit code 2 (`--debug`: the traceback)."""
     args = _parser().parse_args(argv)
+    try:
+        _run(args)
+    except Exception as e:
+        if args.debug:
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"diffuse-eqx: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(args: argparse.Namespace) -> None:
     if args.command == "demo":
         from .demo import QUICK, DemoConfig, run_demo  # heavy imports only when running
 
@@ -124,7 +163,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             out=args.out,
             progress=args.progress,
         )
-    return 0
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 The FLUX models (`diffuse_eqx.models.flux`, the `[flux]` extra) are imported when the command runs."""
 
+import math
 import time
 from pathlib import Path
 
@@ -24,10 +25,11 @@ INTEGRATORS = {
 TIMERS = ("flux", "uniform", "karras", "exponential")
 
 
-def make_timer(name: str, n_steps: int, image_seq_len: int) -> dx.AbstractTimer:
-    """The timer called `name` for FLUX's Flow path (`flux`: the dynamic BFL shift)."""
+def make_timer(name: str, n_steps: int, pipe, height: int, width: int) -> dx.AbstractTimer:
+    """The timer called `name` for FLUX's Flow path (`flux`: the model's own schedule,
+    [`FluxPipeline.timer`][diffuse_eqx.models.flux.FluxPipeline.timer])."""
     if name == "flux":
-        return dx.FluxTimer(n_steps, image_seq_len=image_seq_len)
+        return pipe.timer(n_steps, height, width)
     if name == "uniform":
         return dx.UniformTimer(n_steps)
     if name == "karras":
@@ -35,6 +37,32 @@ def make_timer(name: str, n_steps: int, image_seq_len: int) -> dx.AbstractTimer:
     if name == "exponential":
         return dx.ExponentialTimer(n_steps, t_min=1e-3, t_max=1.0)
     raise ValueError(f"unknown timer {name!r}; choose one of {TIMERS}.")
+
+
+def check_options(height, width, steps, timer, integrator, n, guidance, negative_prompt, true_cfg) -> None:
+    """Refuses bad options before any model is loaded (a `ValueError` naming the option)."""
+    for name, size in (("height", height), ("width", width)):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 16 or size % 16:
+            below, above = max(16, size // 16 * 16), (size // 16 + 1) * 16
+            nearest = f"{below} or {above}" if below != above and size > 16 else f"{max(16, above)}"
+            raise ValueError(
+                f"{name} must be a multiple of 16 (8x autoencoder, 2x2 patches) and at least 16; got "
+                f"{size}: use {nearest}."
+            )
+    for name, value in (("steps", steps), ("n", n)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+    if timer not in TIMERS:
+        raise ValueError(f"unknown timer {timer!r}; choose one of {list(TIMERS)}.")
+    if integrator not in INTEGRATORS:
+        raise ValueError(f"unknown integrator {integrator!r}; choose one of {sorted(INTEGRATORS)}.")
+    for name, value in (("guidance", guidance), ("true_cfg", true_cfg)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0; got {value}.")
+    if true_cfg != 1 and negative_prompt is None:
+        raise ValueError(
+            f"true_cfg={true_cfg} needs a negative prompt to guide away from (use '' for the empty prompt)."
+        )
 
 
 def generate(
@@ -60,18 +88,11 @@ def generate(
     `true_cfg` != 1 with a `negative_prompt` runs [`CFG`][diffuse_eqx.CFG] between the prompt and the
     negative prompt (diffusers' `true_cfg_scale`, one transformer call of batch 2, twice the NFE),
     beside FLUX.1-dev's distilled `guidance`. `progress` shows a progress bar over the sampling steps."""
+    check_options(height, width, steps, timer, integrator, n, guidance, negative_prompt, true_cfg)
     from PIL import Image
 
     from ..models.flux import FluxPipeline  # the FLUX models and their dependencies, only when run
 
-    if integrator not in INTEGRATORS:
-        raise ValueError(f"unknown integrator {integrator!r}; choose one of {sorted(INTEGRATORS)}.")
-    if not true_cfg >= 0:
-        raise ValueError(f"true_cfg must be >= 0 (1: no true CFG); got {true_cfg}.")
-    if true_cfg != 1 and negative_prompt is None:
-        raise ValueError(
-            f"true_cfg={true_cfg} needs a negative prompt to guide away from (use '' for the empty prompt)."
-        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -90,12 +111,11 @@ def generate(
     den = dx.Denoiser(
         predictor=predictor,
         integrator=INTEGRATORS[integrator](),
-        timer=make_timer(timer, steps, pipe.image_seq_len(height, width)),
+        timer=make_timer(timer, steps, pipe, height, width),
         x0_shape=pipe.latent_shape(height, width),
-        dtype=pipe.dtype,
-    )
+    )  # float32 particles, whatever the network's dtype
     t0 = time.perf_counter()
-    result = den.generate(jr.key(seed), n, progress=progress)
+    result = den.generate(jr.key(seed), n, progress=progress, check_finite=True)
     latents = jax.block_until_ready(result.samples)
     elapsed = time.perf_counter() - t0
     log(f"sampled {n} x {steps} steps ({int(result.nfe)} evaluations each) in {elapsed:.1f} s")
