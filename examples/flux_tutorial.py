@@ -81,7 +81,7 @@ def main(argv=None) -> None:
     timers = {
         "Uniform": dx.UniformTimer(n),
         "Flux static (shift 3)": dx.FluxTimer(n, shift=3.0),
-        f"Flux dynamic (mu={float(pipe.timer(n, h, w).mu):.2f})": pipe.timer(n, h, w),
+        f"the model's own (pipe.timer, mu={float(pipe.timer(n, h, w).mu):.2f})": pipe.timer(n, h, w),
     }
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, timer in timers.items():

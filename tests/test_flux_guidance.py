@@ -94,5 +94,5 @@ def test_generate_true_cfg_command(checkpoint, tmp_path, capsys):
     assert nfe == {"plain": 3, "one": 3, "four": 6}
     np.testing.assert_array_equal(images["one"], images["plain"])
     assert np.abs(images["four"] - images["plain"]).max() > 0
-    with pytest.raises(ValueError, match="needs a negative prompt"):
-        main(common + ["--true-cfg", "2", "--out", str(tmp_path / "bad")])
+    with pytest.raises(ValueError, match="needs a negative prompt"):  # --debug: the error itself
+        main(["--debug", *common, "--true-cfg", "2", "--out", str(tmp_path / "bad")])

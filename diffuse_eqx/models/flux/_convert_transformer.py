@@ -18,7 +18,6 @@ are reported, all as `CheckpointError`. The architecture is read from the checkp
 not import the model).
 """
 
-import json
 import re
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._weights import Checkpoint, CheckpointError, parameter_paths
+from .._weights import Checkpoint, CheckpointError, parameter_paths, read_config, read_json
 
 
 BFL_PREFIX = "model.diffusion_model."
@@ -176,32 +175,55 @@ def bfl_config(ckpt: Checkpoint, axes_dim: tuple[int, ...] | None) -> dict:
 
 def diffusers_config(file: Path, axes_dim: tuple[int, ...] | None) -> dict:
     """The `FluxTransformerConfig` fields of a diffusers `FluxTransformer2DModel`, from its `config.json`."""
-    try:
-        cfg = json.loads(file.read_text())
-        if cfg.get("_class_name", "FluxTransformer2DModel") != "FluxTransformer2DModel":
-            raise CheckpointError(f"{file}: a {cfg['_class_name']}, not a FluxTransformer2DModel.")
-        if cfg.get("patch_size", 1) != 1:
-            raise CheckpointError(f"{file}: patch_size={cfg['patch_size']}; FLUX.1 packs latents with 1.")
-        heads, head_dim = cfg["num_attention_heads"], cfg["attention_head_dim"]
-        rope = tuple(cfg.get("axes_dims_rope", _FLUX1_AXES_DIM))
-        config = dict(
-            in_channels=cfg["in_channels"],
-            hidden_size=heads * head_dim,
-            num_heads=heads,
-            depth=cfg["num_layers"],
-            depth_single=cfg["num_single_layers"],
-            axes_dim=rope,
-            context_in_dim=cfg["joint_attention_dim"],
-            vec_in_dim=cfg["pooled_projection_dim"],
-            mlp_ratio=4.0,  # fixed in diffusers
-            guidance_embed=bool(cfg.get("guidance_embeds", False)),
-            qkv_bias=True,
-            out_channels=_out_channels(cfg.get("out_channels") or cfg["in_channels"], cfg["in_channels"]),
-        )
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        if isinstance(e, CheckpointError):
-            raise
-        raise CheckpointError(f"{file}: not a valid FluxTransformer2DModel config ({e!r}).") from e
+    cfg = read_config(read_json(file), _DIFFUSERS_FIELDS, _DIFFUSERS_DEFAULTS, file)
+    if cfg["_class_name"] != "FluxTransformer2DModel":
+        raise CheckpointError(f"{file}: a {cfg['_class_name']}, not a FluxTransformer2DModel.")
+    if cfg["patch_size"] != 1:
+        raise CheckpointError(f"{file}: patch_size={cfg['patch_size']}; FLUX.1 packs latents with 1.")
+    rope = cfg["axes_dims_rope"]
     if axes_dim is not None and tuple(axes_dim) != rope:
         raise ValueError(f"axes_dim={tuple(axes_dim)} contradicts axes_dims_rope={list(rope)} in {file}.")
-    return config
+    # sizes that FluxTransformerConfig names otherwise, checked here to name the key of the file
+    for key in ("num_attention_heads", "attention_head_dim", "joint_attention_dim", "pooled_projection_dim"):
+        if cfg[key] < 1:
+            raise CheckpointError(f"{file}: {key}={cfg[key]} must be >= 1.")
+    heads, in_channels = cfg["num_attention_heads"], cfg["in_channels"]
+    return dict(
+        in_channels=in_channels,
+        hidden_size=heads * cfg["attention_head_dim"],
+        num_heads=heads,
+        depth=cfg["num_layers"],
+        depth_single=cfg["num_single_layers"],
+        axes_dim=rope,
+        context_in_dim=cfg["joint_attention_dim"],
+        vec_in_dim=cfg["pooled_projection_dim"],
+        mlp_ratio=4.0,  # fixed in diffusers
+        guidance_embed=cfg["guidance_embeds"],
+        qkv_bias=True,
+        out_channels=_out_channels(cfg["out_channels"] or in_channels, in_channels),
+    )
+
+
+# The keys of a diffusers `FluxTransformer2DModel` config.json, with diffusers' defaults where it has
+# them (the sizes are required).
+_DIFFUSERS_FIELDS = dict(
+    _class_name=str,
+    patch_size=int,
+    in_channels=int,
+    out_channels=int | None,
+    num_layers=int,
+    num_single_layers=int,
+    attention_head_dim=int,
+    num_attention_heads=int,
+    joint_attention_dim=int,
+    pooled_projection_dim=int,
+    guidance_embeds=bool,
+    axes_dims_rope=tuple[int, ...],
+)
+_DIFFUSERS_DEFAULTS = dict(
+    _class_name="FluxTransformer2DModel",
+    patch_size=1,
+    out_channels=None,
+    guidance_embeds=False,
+    axes_dims_rope=_FLUX1_AXES_DIM,
+)

@@ -9,16 +9,25 @@ layers by one table.
 Everything works on one unbatched, channels-first image (like `eqx.nn.Conv2d`); callers `jax.vmap`.
 """
 
-import json
 import math
 from pathlib import Path
+from typing import get_type_hints
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._weights import Checkpoint, CheckpointError, load_into
+from .._weights import (
+    Checkpoint,
+    CheckpointError,
+    check_sizes,
+    floating_dtype,
+    load_into,
+    make_config,
+    read_config,
+    read_json,
+)
 from ._convert_autoencoder import convert_autoencoder, infer_autoencoder_config
 
 
@@ -57,6 +66,9 @@ class AutoencoderConfig(eqx.Module):
     mid_block_add_attention: bool = True
 
     def __check_init__(self):
+        check_sizes(
+            self, "in_channels", "out_channels", "latent_channels", "layers_per_block", "norm_num_groups"
+        )
         if not self.block_out_channels or any(c <= 0 for c in self.block_out_channels):
             raise ValueError(
                 f"AutoencoderConfig.block_out_channels must be a non-empty tuple of positive ints; got "
@@ -68,10 +80,6 @@ class AutoencoderConfig(eqx.Module):
                 f"AutoencoderConfig.norm_num_groups={self.norm_num_groups} must divide every entry of "
                 f"block_out_channels={self.block_out_channels} (it does not divide {bad})."
             )
-        if self.layers_per_block < 1:
-            raise ValueError(f"AutoencoderConfig.layers_per_block must be >= 1; got {self.layers_per_block}.")
-        if min(self.in_channels, self.out_channels, self.latent_channels) < 1:
-            raise ValueError("AutoencoderConfig in_channels, out_channels and latent_channels must be >= 1.")
         if self.scaling_factor == 0:
             raise ValueError("AutoencoderConfig.scaling_factor must be nonzero.")
 
@@ -87,45 +95,68 @@ class AutoencoderConfig(eqx.Module):
         return cls(block_out_channels=(32, 32, 64, 64), layers_per_block=1)
 
     @classmethod
-    def from_diffusers(cls, config: dict) -> "AutoencoderConfig":
-        """The configuration of a diffusers `AutoencoderKL` (the contents of its `config.json`).
+    def from_diffusers(cls, config: dict, source: str | Path = "AutoencoderKL config") -> "AutoencoderConfig":
+        """The configuration of a diffusers `AutoencoderKL` (the contents of its `config.json`, read from
+        `source`): the sizes and `scaling_factor` are required, the other keys default as in diffusers
+        (`shift_factor`: 0).
 
-        Raises `ValueError` for the options this port does not implement (other block types,
+        Raises `CheckpointError` naming `source` and the key for a wrong type, a missing key or an
+        invalid value, and for the options this port does not implement (other block types,
         activations, or per-channel `latents_mean` / `latents_std`)."""
-        n = len(config.get("block_out_channels", (64,)))
+        hint = " Give it: `Autoencoder.from_pretrained(path, config=AutoencoderConfig(...))`."
+        v = read_config(config, _DIFFUSERS_FIELDS, _DIFFUSERS_DEFAULTS, source, hint)
+        fields = {name: v[name] for name in get_type_hints(cls)}
+        config = make_config(cls, fields | {"shift_factor": v["shift_factor"] or 0.0}, source)
+        n = len(config.block_out_channels)
         for name, block in (
             ("down_block_types", "DownEncoderBlock2D"),
             ("up_block_types", "UpDecoderBlock2D"),
         ):
-            types = tuple(config.get(name, (block,)))
-            if types != (block,) * n:
-                raise ValueError(
-                    f"Autoencoder supports only {name} = {n} x {block!r}; the config has {types}."
+            if v[name] != (block,) * n:
+                raise CheckpointError(
+                    f"{source}: Autoencoder supports only {name} = {n} x {block!r}; the config has {v[name]}."
                 )
-        if config.get("act_fn", "silu") not in ("silu", "swish"):
-            raise ValueError(f"Autoencoder supports only act_fn='silu'; the config has {config['act_fn']!r}.")
+        if v["act_fn"] not in ("silu", "swish"):
+            raise CheckpointError(
+                f"{source}: Autoencoder supports only act_fn='silu'; the config has {v['act_fn']!r}."
+            )
         for name in ("latents_mean", "latents_std"):
-            if config.get(name) is not None:
-                raise ValueError(f"Autoencoder does not support per-channel {name}; the config sets it.")
-        shift = config.get("shift_factor")
-        return cls(
-            in_channels=int(config.get("in_channels", 3)),
-            out_channels=int(config.get("out_channels", 3)),
-            latent_channels=int(config.get("latent_channels", 4)),
-            block_out_channels=tuple(int(c) for c in config.get("block_out_channels", (64,))),
-            layers_per_block=int(config.get("layers_per_block", 1)),
-            norm_num_groups=int(config.get("norm_num_groups", 32)),
-            scaling_factor=float(config.get("scaling_factor", 0.18215)),
-            shift_factor=0.0 if shift is None else float(shift),
-            use_quant_conv=bool(config.get("use_quant_conv", True)),
-            use_post_quant_conv=bool(config.get("use_post_quant_conv", True)),
-            mid_block_add_attention=bool(config.get("mid_block_add_attention", True)),
-        )
+            if v[name] is not None:
+                raise CheckpointError(
+                    f"{source}: Autoencoder does not support per-channel {name}; the config sets it."
+                )
+        return config
 
     @property
     def downsampling(self) -> int:
         """How many times larger an image is than its latent, per side ($2^{L-1}$; 8 for FLUX)."""
         return 2 ** (len(self.block_out_channels) - 1)
+
+
+# The keys of a diffusers `AutoencoderKL` config.json this port reads, with diffusers' defaults where it has
+# them (the sizes and `scaling_factor` are required: diffusers' 0.18215 is Stable Diffusion's).
+_DIFFUSERS_FIELDS = get_type_hints(AutoencoderConfig) | {
+    "shift_factor": float | None,
+    "down_block_types": tuple[str, ...],
+    "up_block_types": tuple[str, ...],
+    "act_fn": str,
+    "latents_mean": tuple[float, ...] | None,
+    "latents_std": tuple[float, ...] | None,
+}
+_DIFFUSERS_DEFAULTS = dict(
+    in_channels=3,
+    out_channels=3,
+    norm_num_groups=32,
+    shift_factor=None,
+    use_quant_conv=True,
+    use_post_quant_conv=True,
+    mid_block_add_attention=True,
+    down_block_types=("DownEncoderBlock2D",),
+    up_block_types=("UpDecoderBlock2D",),
+    act_fn="silu",
+    latents_mean=None,
+    latents_std=None,
+)
 
 
 def _swish(x):
@@ -480,16 +511,13 @@ class Autoencoder(eqx.Module):
         **Returns:** the `Autoencoder`. Raises `CheckpointError` naming any tensor that is missing,
         unexpected or mis-shaped, and for unreadable files.
         """
-        path = Path(path)
+        path, dtype = Path(path), floating_dtype(dtype)
         ckpt = Checkpoint(path, dtype=dtype)
         if config is None:
             config_file = path / "config.json"
             if path.is_dir() and config_file.is_file():
-                try:
-                    config = AutoencoderConfig.from_diffusers(json.loads(config_file.read_text()))
-                except json.JSONDecodeError as e:
-                    raise CheckpointError(f"{config_file}: not valid JSON ({e}).") from e
+                config = AutoencoderConfig.from_diffusers(read_json(config_file), config_file)
             else:
-                config = AutoencoderConfig(**infer_autoencoder_config(ckpt))
+                config = make_config(AutoencoderConfig, infer_autoencoder_config(ckpt), ckpt.source)
         skeleton = eqx.filter_eval_shape(cls, config, dtype=dtype, key=jax.random.key(0))
         return load_into(skeleton, convert_autoencoder(ckpt, config), ckpt.source)

@@ -5,8 +5,6 @@ transformer layers with causal self-attention, a final layer norm, and the poole
 end-of-text token. The checkpoint mapping (`_convert`) is at the bottom of this file.
 """
 
-import dataclasses
-import json
 from pathlib import Path
 
 import equinox as eqx
@@ -15,7 +13,15 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
-from .._weights import Checkpoint, CheckpointError, load_into
+from .._weights import (
+    Checkpoint,
+    check_sizes,
+    floating_dtype,
+    load_into,
+    make_config,
+    read_config,
+    read_json,
+)
 
 
 _ACTIVATIONS = {
@@ -50,6 +56,8 @@ class CLIPTextConfig(eqx.Module):
     eos_token_id: int = 49407
 
     def __check_init__(self):
+        check_sizes(self, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+        check_sizes(self, "intermediate_size", "max_position_embeddings")
         if self.hidden_act not in _ACTIVATIONS:
             raise ValueError(
                 f"hidden_act={self.hidden_act!r} is not supported; use one of {list(_ACTIVATIONS)}."
@@ -63,19 +71,27 @@ class CLIPTextConfig(eqx.Module):
     @classmethod
     def from_json(cls, path: str | Path) -> "CLIPTextConfig":
         """Reads a transformers `config.json` (a `CLIPTextModel` config, or a `CLIPModel` config with a
-        `text_config`). Keys this class does not know are ignored; missing ones take the defaults."""
-        return cls(**_read_config(path, cls, nested="text_config"))
+        `text_config`). Keys this class does not know are ignored; the sizes are required, the other
+        keys default as in transformers. A wrong type, a missing size or an invalid value raises
+        `CheckpointError` naming the file and the key."""
+        raw = read_json(path)
+        return make_config(cls, read_config(raw.get("text_config", raw), cls, _DEFAULTS, path), path)
 
 
-def _read_config(path: str | Path, cls, nested: str | None = None) -> dict:
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: cannot read the model's config.json ({e}).") from e
-    if nested is not None and nested in raw:
-        raw = raw[nested]
-    return {f.name: raw[f.name] for f in dataclasses.fields(cls) if f.name in raw}
+# transformers' `CLIPTextConfig` defaults for the keys that are not sizes.
+_DEFAULTS = dict(hidden_act="quick_gelu", layer_norm_eps=1e-5, eos_token_id=49407)
+
+
+def check_token_ids(input_ids: Int[ArrayLike, " seq"], vocab_size: int) -> Int[Array, " seq"]:
+    """`input_ids` as an array, with a run-time error (also under `jit`) if any id is outside the
+    vocabulary $[0, V)$: an embedding lookup would silently clamp it."""
+    input_ids = jnp.asarray(input_ids)
+    bad = (input_ids < 0) | (input_ids >= vocab_size)
+    return eqx.error_if(
+        input_ids,
+        jnp.any(bad),
+        f"input_ids must be token ids in [0, {vocab_size}) (vocabulary size {vocab_size}).",
+    )
 
 
 class _CLIPLayer(eqx.Module):
@@ -178,7 +194,7 @@ class CLIPTextEncoder(eqx.Module):
         **Returns:** `(hidden, pooled)`: the final hidden states `(seq, dim)` and the end-of-text state
         `(dim,)`.
         """
-        input_ids = jnp.asarray(input_ids)
+        input_ids = check_token_ids(input_ids, self.config.vocab_size)
         (seq,) = input_ids.shape
         if seq > self.config.max_position_embeddings:
             raise ValueError(
@@ -212,7 +228,7 @@ class CLIPTextEncoder(eqx.Module):
         - `dtype`: the parameters' dtype (`jnp.float32` or `jnp.bfloat16`; norms always compute their
             statistics in float32).
         """
-        path = Path(path)
+        path, dtype = Path(path), floating_dtype(dtype)
         config = CLIPTextConfig.from_json(path / "config.json")
         ckpt = Checkpoint(path, dtype, strip_prefix="text_model.")
         skeleton = eqx.filter_eval_shape(cls, config, dtype=dtype, key=jr.key(0))
@@ -252,6 +268,6 @@ def _convert(ckpt: Checkpoint, config: CLIPTextConfig) -> dict[str, Array]:
             )
     # Older checkpoints saved the position-ids buffer (0, 1, ..., 76); it holds no parameter.
     if "embeddings.position_ids" in ckpt:
-        ckpt.take("embeddings.position_ids", (1, p))
+        ckpt.take("embeddings.position_ids", (1, p), floating=False)
     ckpt.finish()
     return state

@@ -6,6 +6,8 @@ FLUX is one model among others here: the pipeline turns a prompt into a velocity
 """
 
 import dataclasses
+import os
+import threading
 from pathlib import Path
 
 import equinox as eqx
@@ -14,9 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from ..._check import check_positive
 from ..._guidance import ConditionalNetwork
 from ..._path import Flow
 from ..._timer import FluxTimer
+from .._weights import CheckpointError, floating_dtype, read_json
 from .autoencoder import Autoencoder
 from .clip import CLIPTextEncoder
 from .t5 import T5Encoder
@@ -35,32 +39,105 @@ PIPELINE_FILES = [
 ]
 
 
-def resolve_checkpoint(repo_id_or_path: str | Path) -> Path:
-    """A local folder as it is, or a Hugging Face repository id fetched (only the files the pipeline
-    needs) or found in the local cache. Raises a clear error when offline and not cached."""
+def resolve_checkpoint(repo_id_or_path: str | Path, *, timeout: float = 10.0) -> Path:
+    """A local folder as it is, or a Hugging Face repository id: looked up in the local cache first,
+    and only then (never with `HF_HUB_OFFLINE=1`) fetched from the hub, only the files the pipeline
+    needs.
+
+    **Arguments:**
+
+    - `repo_id_or_path`: a folder in the diffusers FLUX layout, or a repository id such as
+      `"black-forest-labs/FLUX.1-dev"`.
+    - `timeout`: the seconds the hub has to answer a first request (name resolution and connection
+      included) and each later metadata request. Reads during the download wait up to
+      `HF_HUB_DOWNLOAD_TIMEOUT` (huggingface_hub's setting, 10 s by default).
+
+    Raises a `RuntimeError` naming the repository and how to work offline when it is not cached and
+    the hub cannot be asked (offline mode), does not answer in time, or refuses.
+    """
+    check_positive("timeout", timeout)
     path = Path(repo_id_or_path).expanduser()
     if path.is_dir():
         return path
-    if path.exists() or str(repo_id_or_path).count("/") != 1:
+    looks_like_a_path = str(repo_id_or_path).startswith(("/", ".", "~")) or "\\" in str(repo_id_or_path)
+    if path.exists() or looks_like_a_path or str(repo_id_or_path).count("/") != 1:
         raise FileNotFoundError(
             f"{repo_id_or_path!r} is neither a folder in the diffusers FLUX layout nor a Hugging Face "
             "repository id such as 'black-forest-labs/FLUX.1-dev'."
         )
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
+    repo = str(repo_id_or_path)
     try:
-        return Path(snapshot_download(str(repo_id_or_path), allow_patterns=PIPELINE_FILES))
-    except Exception as online_error:
+        return Path(snapshot_download(repo, allow_patterns=PIPELINE_FILES, local_files_only=True))
+    except LocalEntryNotFoundError:  # not cached, or cached in part
+        pass
+    offline_help = (
+        "To work offline, download it once where the hub is reachable (gated models need `hf auth login` "
+        "and the licence accepted) and set HF_HUB_OFFLINE=1, or pass a local folder."
+    )
+    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    if offline or constants.HF_HUB_OFFLINE:
+        raise RuntimeError(f"{repo!r} is not in the local cache and HF_HUB_OFFLINE is set. {offline_help}")
+    try:
+        _within(timeout, lambda: HfApi().model_info(repo, timeout=timeout))  # the hub answers in time
+        return Path(snapshot_download(repo, allow_patterns=PIPELINE_FILES, etag_timeout=timeout))
+    except Exception as e:
+        raise RuntimeError(
+            f"Could not fetch {repo!r} from the Hugging Face hub ({type(e).__name__}: {e}), and it is not "
+            f"in the local cache. {offline_help}"
+        ) from e
+
+
+def _within(seconds: float, fn):
+    """`fn()`, run in a daemon thread and given up (`TimeoutError`) after `seconds`: a bound on the
+    whole call, where socket timeouts bound each read only (and name resolution not at all)."""
+    result = {}
+
+    def run():
         try:
-            return Path(
-                snapshot_download(str(repo_id_or_path), allow_patterns=PIPELINE_FILES, local_files_only=True)
-            )
-        except Exception:
-            raise RuntimeError(
-                f"Could not download {repo_id_or_path!r} from the Hugging Face hub ({online_error}) and it "
-                "is not in the local cache. Download it where the hub is reachable (gated models need "
-                "`huggingface-cli login` and the licence accepted), or pass a local folder."
-            ) from online_error
+            result["value"] = fn()
+        except BaseException as e:  # re-raised in the caller's thread
+            result["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer within {seconds} s")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+#: `tokenizer_class` (a tokenizer folder's `tokenizer_config.json`) -> the transformers class that loads it.
+TOKENIZER_CLASSES = {
+    "CLIPTokenizer": "CLIPTokenizer",
+    "CLIPTokenizerFast": "CLIPTokenizer",
+    "T5Tokenizer": "T5Tokenizer",
+    "T5TokenizerFast": "T5Tokenizer",
+    "PreTrainedTokenizerFast": "PreTrainedTokenizerFast",  # reads tokenizer.json: data only
+    "TokenizersBackend": "PreTrainedTokenizerFast",
+}
+
+
+def load_tokenizer(folder: Path):
+    """The tokenizer saved in `folder`, loaded by the concrete transformers class its
+    `tokenizer_config.json` names (see `TOKENIZER_CLASSES`), never through `AutoTokenizer`: an
+    `auto_map` is not followed and no code from the folder runs. Raises `CheckpointError` for
+    another class."""
+    config = folder / "tokenizer_config.json"
+    name = read_json(config).get("tokenizer_class")
+    if name not in TOKENIZER_CLASSES:
+        raise CheckpointError(
+            f"{config}: tokenizer_class={name!r} is not one this pipeline loads; it loads "
+            f"{sorted(TOKENIZER_CLASSES)} (no code from a checkpoint is run)."
+        )
+    import transformers
+
+    cls = getattr(transformers, TOKENIZER_CLASSES[name])
+    return cls.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
 
 
 class FluxConditionedNetwork(eqx.Module):
@@ -136,11 +213,18 @@ class FluxPipeline:
 
     @classmethod
     def from_pretrained(
-        cls, repo_id_or_path: str | Path, dtype=jnp.float32, max_sequence_length: int | None = None
+        cls,
+        repo_id_or_path: str | Path,
+        dtype=jnp.float32,
+        max_sequence_length: int | None = None,
+        *,
+        timeout: float = 10.0,
     ) -> "FluxPipeline":
         """Loads the transformer and the autoencoder of a diffusers-layout FLUX checkpoint (a folder,
-        or a repository id fetched with `huggingface_hub.snapshot_download`)."""
-        root = resolve_checkpoint(repo_id_or_path)
+        or a repository id found in the local cache or fetched: see
+        [`resolve_checkpoint`][diffuse_eqx.models.flux.resolve_checkpoint], which `timeout` is given to)."""
+        dtype = floating_dtype(dtype)
+        root = resolve_checkpoint(repo_id_or_path, timeout=timeout)
         for sub in ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
             if not (root / sub).is_dir():
                 raise FileNotFoundError(f"{root} is not a diffusers FLUX checkpoint: no {sub}/ folder.")
@@ -148,16 +232,15 @@ class FluxPipeline:
         vae = Autoencoder.from_pretrained(root / "vae", dtype=dtype)
         if max_sequence_length is None:
             max_sequence_length = 512 if transformer.config.guidance_embed else 256
-        return cls(root, transformer, vae, jnp.dtype(dtype), max_sequence_length)
+        return cls(root, transformer, vae, dtype, max_sequence_length)
 
     # --- text -------------------------------------------------------------------------------------
 
     def tokenize(self, prompt: str) -> tuple[Int[np.ndarray, " 77"], Int[np.ndarray, " L_txt"]]:
-        """CLIP ids (77,) and T5 ids (`max_sequence_length`,), padded to full length as FLUX does."""
-        from transformers import AutoTokenizer
-
-        clip_tok = AutoTokenizer.from_pretrained(self.root / "tokenizer")
-        t5_tok = AutoTokenizer.from_pretrained(self.root / "tokenizer_2")
+        """CLIP ids (77,) and T5 ids (`max_sequence_length`,), padded to full length as FLUX does (the
+        tokenizers are loaded by `load_tokenizer`: no code from the checkpoint runs)."""
+        clip_tok = load_tokenizer(self.root / "tokenizer")
+        t5_tok = load_tokenizer(self.root / "tokenizer_2")
         clip_ids = clip_tok(
             prompt, padding="max_length", max_length=clip_tok.model_max_length, truncation=True
         )
@@ -191,8 +274,11 @@ class FluxPipeline:
     def latent_size(self, height: int, width: int) -> tuple[int, int]:
         """The autoencoder latent's (h, w) for an image: even, as packing takes 2x2 patches."""
         f = 2 * self.vae_scale_factor
-        if height < f or width < f:
-            raise ValueError(f"height and width must be at least {f}; got {height}x{width}.")
+        if height < f or width < f or height % f or width % f:
+            raise ValueError(
+                f"height and width must be multiples of {f} (at least {f}); got {height}x{width}. Use e.g. "
+                f"{max(f, height // f * f)}x{max(f, width // f * f)}."
+            )
         return 2 * (height // f), 2 * (width // f)
 
     def image_seq_len(self, height: int, width: int) -> int:
@@ -286,7 +372,11 @@ class FluxPipeline:
         return self.network_with_negative(txt, pooled, negative_txt, negative_pooled, height, width, guidance)
 
     def timer(self, n_steps: int, height: int, width: int) -> FluxTimer:
-        """FLUX's own schedule for this resolution: the dynamic shift from the image tokens."""
+        """FLUX's own schedule for this model and resolution, as in BFL's reference
+        (`get_schedule(..., shift=name != "flux-schnell")`): for dev (a guidance embedding) the dynamic
+        shift from the image tokens; for schnell (none) no shift, $t_i = 1 - i/N$."""
+        if not self.transformer.config.guidance_embed:
+            return FluxTimer(n_steps=n_steps, shift=1.0)
         return FluxTimer(n_steps=n_steps, image_seq_len=self.image_seq_len(height, width))
 
     # --- images -----------------------------------------------------------------------------------

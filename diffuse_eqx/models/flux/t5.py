@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
-from .._weights import Checkpoint, load_into
-from .clip import _read_config
+from .._weights import Checkpoint, check_sizes, floating_dtype, load_into, make_config, read_config, read_json
+from .clip import check_token_ids
 
 
 class T5Config(eqx.Module):
@@ -46,6 +46,14 @@ class T5Config(eqx.Module):
     feed_forward_proj: str = "gated-gelu"
 
     def __check_init__(self):
+        check_sizes(self, "vocab_size", "d_model", "d_kv", "num_heads", "d_ff", "num_layers")
+        exact = self.relative_attention_num_buckets // 4  # offsets below this get a bucket each
+        if exact < 1 or self.relative_attention_max_distance <= exact:
+            raise ValueError(
+                "T5Config needs relative_attention_num_buckets >= 4 and relative_attention_max_distance > "
+                f"relative_attention_num_buckets // 4; got {self.relative_attention_num_buckets} and "
+                f"{self.relative_attention_max_distance}."
+            )
         if self.feed_forward_proj != "gated-gelu":
             raise ValueError(
                 f"feed_forward_proj={self.feed_forward_proj!r} is not supported: this is a T5 v1.1 encoder "
@@ -54,9 +62,20 @@ class T5Config(eqx.Module):
 
     @classmethod
     def from_json(cls, path: str | Path) -> "T5Config":
-        """Reads a transformers `config.json`. Keys this class does not know are ignored; missing ones
-        take the defaults."""
-        return cls(**_read_config(path, cls))
+        """Reads a transformers `config.json`. Keys this class does not know are ignored; the sizes are
+        required, the other keys default as in transformers (so a config without `feed_forward_proj`
+        is a ReLU T5, refused). A wrong type, a missing size or an invalid value raises
+        `CheckpointError` naming the file and the key."""
+        return make_config(cls, read_config(read_json(path), cls, _DEFAULTS, path), path)
+
+
+# transformers' `T5Config` defaults for the keys that are not sizes.
+_DEFAULTS = dict(
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    layer_norm_epsilon=1e-6,
+    feed_forward_proj="relu",
+)
 
 
 def _relative_buckets(seq: int, num_buckets: int, max_distance: int) -> Int[Array, "seq seq"]:
@@ -181,7 +200,7 @@ class T5Encoder(eqx.Module):
 
         **Returns:** the final hidden states, shape `(seq, d_model)`.
         """
-        input_ids = jnp.asarray(input_ids)
+        input_ids = check_token_ids(input_ids, self.config.vocab_size)
         (seq,) = input_ids.shape
         c = self.config
         mask = None if attention_mask is None else jnp.asarray(attention_mask) != 0
@@ -207,7 +226,7 @@ class T5Encoder(eqx.Module):
         - `dtype`: the parameters' dtype (`jnp.float32` or `jnp.bfloat16`; norms and softmax compute in
             float32).
         """
-        path = Path(path)
+        path, dtype = Path(path), floating_dtype(dtype)
         config = T5Config.from_json(path / "config.json")
         ckpt = Checkpoint(path, dtype)
         skeleton = eqx.filter_eval_shape(cls, config, dtype=dtype, key=jr.key(0))

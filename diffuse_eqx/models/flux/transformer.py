@@ -21,7 +21,7 @@ import jax.random as jr
 from jax.typing import DTypeLike
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
-from .._weights import Checkpoint, CheckpointError, load_into
+from .._weights import Checkpoint, check_sizes, floating_dtype, load_into, make_config
 from ._convert_transformer import BFL_PREFIX, bfl_config, convert_transformer, diffusers_config
 
 
@@ -71,6 +71,11 @@ class FluxTransformerConfig(eqx.Module):
     out_channels: int | None = None
 
     def __check_init__(self):
+        check_sizes(self, "in_channels", "num_heads", "hidden_size", "context_in_dim", "vec_in_dim", "theta")
+        if self.out_channels is not None:
+            check_sizes(self, "out_channels")
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"FluxTransformerConfig: mlp_ratio={self.mlp_ratio} must be > 0.")
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"FluxTransformerConfig: hidden_size={self.hidden_size} is not a multiple of "
@@ -81,10 +86,10 @@ class FluxTransformerConfig(eqx.Module):
                 f"FluxTransformerConfig: axes_dim={self.axes_dim} must be even and sum to the head dimension "
                 f"hidden_size // num_heads = {self.head_dim}."
             )
-        if self.depth < 0 or self.depth_single < 0:
+        if min(self.depth, self.depth_single) < 0 or self.depth + self.depth_single < 1:
             raise ValueError(
-                f"FluxTransformerConfig: depth={self.depth} and depth_single={self.depth_single} "
-                "must be >= 0."
+                f"FluxTransformerConfig: depth={self.depth} and depth_single={self.depth_single} (diffusers' "
+                "num_layers and num_single_layers) must be >= 0, with at least one block."
             )
 
     @classmethod
@@ -545,17 +550,14 @@ class FluxTransformer(eqx.Module):
         **Returns:** the [`FluxTransformer`][diffuse_eqx.models.flux.FluxTransformer]. Raises
         `CheckpointError` naming any missing, unexpected or mis-shaped tensor, or an unreadable file.
         """
-        path = Path(path)
+        path, dtype = Path(path), floating_dtype(dtype)
         if path.is_dir() and (path / "config.json").is_file():
-            layout, config = "diffusers", diffusers_config(path / "config.json", axes_dim)
-            ckpt = Checkpoint(path, dtype)
+            file = path / "config.json"
+            config = make_config(FluxTransformerConfig, diffusers_config(file, axes_dim), file)
+            layout, ckpt = "diffusers", Checkpoint(path, dtype)
         else:
             layout, ckpt = "bfl", Checkpoint(path, dtype, strip_prefix=BFL_PREFIX)
-            config = bfl_config(ckpt, axes_dim)
-        try:
-            config = FluxTransformerConfig(**config)
-        except (TypeError, ValueError) as e:  # the checkpoint's architecture, not a programming error
-            raise CheckpointError(f"{ckpt.source}: not a valid FLUX.1 transformer architecture ({e})") from e
+            config = make_config(FluxTransformerConfig, bfl_config(ckpt, axes_dim), ckpt.source)
         skeleton = eqx.filter_eval_shape(cls, config, dtype=dtype, key=jr.key(0))
         return load_into(skeleton, convert_transformer(ckpt, skeleton, layout), ckpt.source)
 
