@@ -1,11 +1,20 @@
 import math
 
+import equinox as eqx
 import jax.numpy as jnp
 
 from .._check import check_nonnegative, check_positive, concrete
 from .._custom_types import Grid, Hyperparameter, Key, Particle, Time
 from .._predictor import AbstractPredictor
 from .base import AbstractIntegrator, IntegratorState, noise
+
+
+class _GridSize(eqx.Module):
+    r"""The grid's number of steps, kept as static data in the integrator state: `vmap` over
+    particles then leaves gamma and $\hat t$ one scalar for all of them, as the grid times are
+    (a traced per-particle copy makes XLA round them differently with the batch size)."""
+
+    n_steps: int = eqx.field(static=True)
 
 
 class Churn(AbstractIntegrator):
@@ -69,16 +78,16 @@ class Churn(AbstractIntegrator):
 
     def init(self, predictor: AbstractPredictor, x: Particle, key: Key, ts: Grid) -> IntegratorState:
         state = self.integrator.init(predictor, x, key, ts)
-        gamma = jnp.minimum(self.s_churn / (ts.shape[0] - 1), math.sqrt(2) - 1)
-        return state.replace(memory=(state.memory, jnp.asarray(gamma, ts.dtype)))
+        return state.replace(memory=(state.memory, _GridSize(ts.shape[0] - 1)))
 
     def step(
         self, predictor: AbstractPredictor, state: IntegratorState, t: Time, t_next: Time
     ) -> IntegratorState:
         x, path, t = state.position, predictor.path, jnp.asarray(t)
-        inner_memory, gamma_churn = state.memory
+        inner_memory, grid_size = state.memory
         z, state = noise(state)
-        gamma = jnp.where((self.s_tmin <= t) & (t <= self.s_tmax), gamma_churn, 0.0)
+        gamma_churn = jnp.minimum(self.s_churn / grid_size.n_steps, math.sqrt(2) - 1)
+        gamma = jnp.where((self.s_tmin <= t) & (t <= self.s_tmax), gamma_churn, 0.0).astype(t.dtype)
         t_hat = jnp.minimum(t * (1 + gamma), path.t_max)
         churned = t_hat > t
         ratio = jnp.where(churned, path.alpha(t_hat) / path.alpha(t), 1.0)  # alpha_t > 0 where churned
@@ -86,4 +95,4 @@ class Churn(AbstractIntegrator):
         x_hat = (ratio * x + jnp.sqrt(jnp.maximum(var, 0.0)) * self.s_noise * z).astype(x.dtype)
         state = state.replace(position=x_hat, memory=inner_memory)
         state = self.integrator.step(predictor, state, t_hat, t_next)
-        return state.replace(memory=(state.memory, gamma_churn))
+        return state.replace(memory=(state.memory, grid_size))
