@@ -37,6 +37,7 @@ from ._integrator import (
     Heun as Heun,
     History as History,
     IntegratorState as IntegratorState,
+    Shared as Shared,
     StepCoefficients as StepCoefficients,
     ancestral_step as ancestral_step,
     data_step as data_step,

@@ -4,6 +4,7 @@ from .base import (
     AbstractSingleStep as AbstractSingleStep,
     History as History,
     IntegratorState as IntegratorState,
+    Shared as Shared,
     StepCoefficients as StepCoefficients,
     data_step as data_step,
     evaluate as evaluate,

@@ -21,7 +21,8 @@ class IntegratorState(eqx.Module):
 
     - `position`: the current particle $x_t$.
     - `key`: this particle's PRNG key, split by stochastic integrators at each step (never reused).
-    - `memory`: integrator-specific values (multistep history), or `None`.
+    - `memory`: integrator-specific values (multistep history), or `None`; values the same for
+      every particle go in a [`Shared`][diffuse_eqx.Shared].
     - `guidance`: the predictor's state (e.g. APG momentum), threaded by [`evaluate`][diffuse_eqx.evaluate].
     - `nfe`: network evaluations made so far, counted by [`evaluate`][diffuse_eqx.evaluate].
     - `x0`: the latest data estimate $\hat x_0$, recorded by [`evaluate`][diffuse_eqx.evaluate]
@@ -38,6 +39,21 @@ class IntegratorState(eqx.Module):
     def replace(self, **changes) -> "IntegratorState":
         """A copy with some fields changed (`state.replace(position=x_next)`)."""
         return dataclasses.replace(self, **changes)
+
+
+class Shared(eqx.Module):
+    """Integrator memory that is the same for every particle (grid data, a step counter), as
+    opposed to the per-particle rest of an [`IntegratorState`][diffuse_eqx.IntegratorState].
+    [`Denoiser.generate`][diffuse_eqx.Denoiser.generate] keeps one unbatched copy of it, so that a
+    `lax.cond` on it stays a branch for the whole batch instead of becoming a `select` that
+    computes both sides for every particle. `init` and `step` must compute it from shared values
+    only (the grid, the times, other `Shared` values): one that depends on a particle is an error
+    of `jax.vmap` ("mapped output but out_axes is None").
+
+    - `value`: any pytree.
+    """
+
+    value: PyTree
 
 
 def evaluate(

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 
 from .._check import check_int
 from .._custom_types import Grid, Key, Particle, Time
-from .._integrator import AbstractIntegrator, IntegratorState, noise
+from .._integrator import AbstractIntegrator, IntegratorState, Shared, noise
 from .._predictor import AbstractPredictor
 from .base import check_y, check_y_now
 from .operators import AbstractLinearOperator, Measurement
@@ -69,7 +69,9 @@ class RePaint(AbstractIntegrator):
     def init(self, predictor: AbstractPredictor, x: Particle, key: Key, ts: Grid) -> IntegratorState:
         check_y("RePaint", self.operator, self.y, x.shape)
         state = self.integrator.init(predictor, x, key, ts)
-        return state.replace(memory=(state.memory, ts, jnp.asarray(0, jnp.int32)))
+        # the grid and the step index are the same for every particle: shared, so that the
+        # resampling below stays a branch taken (or not) by the whole batch
+        return state.replace(memory=(state.memory, Shared((ts, jnp.asarray(0, jnp.int32)))))
 
     def _replace_step(self, predictor, state, t, t_next):
         state = self.integrator.step(predictor, state, t, t_next)
@@ -81,12 +83,14 @@ class RePaint(AbstractIntegrator):
     def step(
         self, predictor: AbstractPredictor, state: IntegratorState, t: Time, t_next: Time
     ) -> IntegratorState:
-        memory, ts, i = state.memory
+        memory, shared = state.memory
+        ts, i = shared.value
         state = self._replace_step(predictor, state.replace(memory=memory), t, t_next)
         k, j, path = i + 1, self.jump_length, predictor.path
+        top = jnp.maximum(k - j, 0)  # the branch runs only at k = j, 2j, ... (clamped if select)
 
         def one_pass(_, state):
-            t_low, t_high = ts[k], ts[k - j]
+            t_low, t_high = ts[k], ts[top]
             z, state = noise(state)
             ratio = path.alpha(t_high) / path.alpha(t_low)
             var = path.sigma(t_high) ** 2 - (ratio * path.sigma(t_low)) ** 2
@@ -94,7 +98,7 @@ class RePaint(AbstractIntegrator):
             memory = self.integrator.init(predictor, x_up, state.key, ts).memory
             state = state.replace(position=x_up, memory=memory)
             return lax.fori_loop(
-                0, j, lambda m, st: self._replace_step(predictor, st, ts[k - j + m], ts[k - j + m + 1]), state
+                0, j, lambda m, st: self._replace_step(predictor, st, ts[top + m], ts[top + m + 1]), state
             )
 
         def resample(state):
@@ -102,4 +106,4 @@ class RePaint(AbstractIntegrator):
 
         if self.n_resample > 1:
             state = lax.cond(k % j == 0, resample, lambda st: st, state)
-        return state.replace(memory=(state.memory, ts, k))
+        return state.replace(memory=(state.memory, Shared((ts, k))))
