@@ -23,8 +23,19 @@ def check_binary(name: str, mask) -> None:
         raise ValueError(f"{name} mask must be boolean or hold only 0 and 1.")
 
 
+def as_mask(mask) -> Array:
+    """A mask field's converter: a concrete 0/1 mask becomes boolean (then no check is ever
+    compiled in); a traced one (built under `jit`/`vmap`) stays as it is, checked where used."""
+    mask = jnp.asarray(mask)
+    if mask.dtype != jnp.bool_ and concrete(mask) and np.isin(as_numpy(mask), (0, 1)).all():
+        return mask.astype(jnp.bool_)
+    return mask
+
+
 def binary(name: str, mask):
-    """`mask`, checked at run time when traced (a mask built under `jit`/`vmap`)."""
+    """`mask`, checked at run time if it is not boolean (a 0/1 mask built under `jit`/`vmap`)."""
+    if mask.dtype == jnp.bool_:
+        return mask
     return check_traced(
         mask, f"{name} mask", mask, lambda m: (m == 0) | (m == 1), "boolean or hold only 0 and 1"
     )

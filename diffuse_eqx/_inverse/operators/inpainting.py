@@ -6,7 +6,7 @@ from jaxtyping import Array, Bool
 
 from ..._check import check_interval
 from ..._custom_types import Hyperparameter, Key
-from .base import AbstractLinearOperator, Mask, Signal, binary, check_binary, check_fits
+from .base import AbstractLinearOperator, Mask, Signal, as_mask, binary, check_binary, check_fits
 
 
 class Inpainting(AbstractLinearOperator):
@@ -23,7 +23,7 @@ class Inpainting(AbstractLinearOperator):
     - `sigma_y`: noise standard deviation (default 0).
     """
 
-    mask: Mask = eqx.field(converter=jnp.asarray)
+    mask: Mask = eqx.field(converter=as_mask)
     sigma_y: Hyperparameter = 0.0
 
     def __check_init__(self):

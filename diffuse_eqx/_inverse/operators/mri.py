@@ -8,7 +8,7 @@ import lineax as lx
 from jaxtyping import Array, Bool, Inexact
 
 from ..._custom_types import Hyperparameter, Key
-from .base import AbstractLinearOperator, Mask, Signal, binary, check_binary, check_fits, normal_cg
+from .base import AbstractLinearOperator, Mask, Signal, as_mask, binary, check_binary, check_fits, normal_cg
 
 
 class MRI(AbstractLinearOperator):
@@ -29,7 +29,7 @@ class MRI(AbstractLinearOperator):
     - `sigma_y`: noise standard deviation of the real and the imaginary parts (default 0).
     """
 
-    mask: Mask = eqx.field(converter=jnp.asarray)
+    mask: Mask = eqx.field(converter=as_mask)
     sigma_y: Hyperparameter = 0.0
 
     def __check_init__(self):
