@@ -1,5 +1,8 @@
+import dataclasses
+import functools
 import itertools
 import math
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -9,12 +12,12 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec, Sharding
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec, PartitionSpec as P, Sharding
 from jaxtyping import Array, Float, Int, Shaped
 
 from ._check import as_numpy, check_int, concrete
 from ._custom_types import Grid, Key, Particle
-from ._integrator import AbstractIntegrator, IntegratorState
+from ._integrator import AbstractIntegrator, IntegratorState, Shared
 from ._predictor import AbstractPredictor, Predictor
 from ._timer import AbstractTimer
 
@@ -201,7 +204,7 @@ class Denoiser(eqx.Module):
                 bar.update(1)
 
         call_id = next(_call_ids) % 2**31
-        _host_calls[call_id] = on_step
+        _host_calls[call_id] = _Gather(on_step, n_shards)
         try:
             out = jax.block_until_ready(_generate(self, key, jnp.asarray(call_id, jnp.int32), *config))
             jax.effects_barrier()  # every host callback of this call has run
@@ -224,19 +227,33 @@ def _starts_from_noise(path, t0) -> Array:
     return at_t_max | (path.alpha(t0) <= SNR_TOLERANCE * path.sigma(t0))
 
 
-def _checked(denoiser: Denoiser, out: DenoiserOutput, x0, bad) -> DenoiserOutput:
-    """`out`, after the run-time check of a traced grid and `check_finite`'s verdict: `bad` is
-    `None` (not checked) or the first (step, particle) at which a particle was non-finite, (-1, -1)
-    if none."""
+def _checked(
+    denoiser: Denoiser,
+    out: DenoiserOutput,
+    x0,
+    nfe: Int[Array, " n_shards"],
+    bad: Int[Array, "n_shards 2"] | None,
+) -> DenoiserOutput:
+    """The `DenoiserOutput`, after the run-time check of a traced grid and `check_finite`'s
+    verdict. `_generate` returns its per-shard reductions (`nfe`, and `bad`: `None` if not checked,
+    else the first (step, particle of the shard) at which a particle became non-finite, (-1, -1) if
+    none), combined here, after the run, so that no reduction inside it crosses devices."""
     del x0
-    out = _checked_grid(denoiser.predictor.path, denoiser.timer.times(), out)
+    out = _checked_grid(
+        denoiser.predictor.path, denoiser.timer.times(), dataclasses.replace(out, nfe=jnp.max(nfe))
+    )
     if bad is None:
         return out
     if not concrete(bad):
-        return eqx.error_if(out, bad[0] >= 0, "generate(check_finite=True): a particle became non-finite.")
-    step, particle = (int(b) for b in as_numpy(bad))
-    if step < 0:
+        return eqx.error_if(
+            out, jnp.any(bad[:, 0] >= 0), "generate(check_finite=True): a particle became non-finite."
+        )
+    bad = as_numpy(bad)
+    per_shard = out.samples.shape[0] // bad.shape[0]
+    found = [(int(b[0]), shard * per_shard + int(b[1])) for shard, b in enumerate(bad) if b[0] >= 0]
+    if not found:
         return out
+    step, particle = min(found)
     ts = as_numpy(denoiser.timer.times())
     where = "in the initial noise" if step == 0 else f"at step {step} (t = {ts[step - 1]:g} -> {ts[step]:g})"
     raise FloatingPointError(
@@ -287,10 +304,33 @@ _host_calls: dict[int, Callable] = {}
 _call_ids = itertools.count()
 
 
-def _on_step(call_id, step, t, x, x0) -> None:
+class _Gather:
+    """Calls `fn(step, t, x, x0)` with the whole batch once every shard has reported `step` (each
+    device calls back with its own particles, in its own thread)."""
+
+    def __init__(self, fn: Callable, n_shards: int):
+        self.fn, self.n_shards, self.lock = fn, n_shards, threading.Lock()
+        self.pending: dict[int, dict[int, tuple]] = {}
+        self.done = -1  # steps are completed in order: each device reports its steps in order
+
+    def __call__(self, shard: int, step: int, t: float, x: np.ndarray, x0: np.ndarray) -> None:
+        with self.lock:
+            if step <= self.done:  # a replica's copy (a mesh axis that does not shard particles)
+                return
+            parts = self.pending.setdefault(step, {})
+            parts[shard] = (x, x0)
+            if len(parts) < self.n_shards:
+                return
+            del self.pending[step]
+            self.done = step
+            x, x0 = (np.concatenate([parts[i][k] for i in range(self.n_shards)]) for k in (0, 1))
+            self.fn(step, t, x, x0)
+
+
+def _on_step(call_id, shard, step, t, x, x0) -> None:
     fn = _host_calls.get(int(call_id))
     if fn is not None:
-        fn(int(step), float(t), np.asarray(x), np.asarray(x0))
+        fn(int(shard), int(step), float(t), np.asarray(x), np.asarray(x0))
 
 
 @eqx.filter_jit
@@ -303,38 +343,76 @@ def _generate(
     batch_size: int | None,
     sharding: NamedSharding | None,
     check_finite: bool = False,
-) -> tuple[DenoiserOutput, Float[Array, " n_particles *shape"], Int[Array, " 2"] | None]:
+) -> tuple[
+    DenoiserOutput,
+    Float[Array, " n_particles *shape"],
+    Int[Array, " n_shards"],
+    Int[Array, "n_shards 2"] | None,
+]:
+    """The particles of `fold_in(key, i)`, i < n_particles. With `sharding`, the particles are
+    split into one group per shard, `_run_shard` is vmapped over the groups and XLA's partitioner
+    (GSPMD) puts each group on its device: every reduction (the NFE, the first non-finite particle)
+    stays within a group, so particle i is computed as it is on one device; the groups' `nfe` and
+    `bad` are combined by `_checked`, after the run.
+
+    (Not `jax.shard_map`: inside it every traced value's type carries the manual mesh, which
+    lineax's structure checks refuse, lineax#185, so no linear solve would run.)"""
+    keys = particle_keys(key, n_particles)
+    run = functools.partial(_run_shard, denoiser, call_id, keep_history, batch_size, check_finite)
+    if sharding is None:
+        samples, x0, nfe, bad, history = run(keys, 0)
+    else:
+        groups = _particle_sharding(sharding)[1]
+
+        def place(tree, *spec_prefix):
+            where = NamedSharding(sharding.mesh, P(*spec_prefix, *sharding.spec))
+            return jax.tree.map(lambda a: lax.with_sharding_constraint(a, where), tree)
+
+        keys = place(keys.reshape(groups, -1, *keys.shape[1:]))
+        samples, x0, nfe, bad, history = jax.vmap(run, out_axes=(0, 0, 0, 0, 1))(keys, jnp.arange(groups))
+        samples, x0 = (a.reshape(n_particles, *a.shape[2:]) for a in (samples, x0))
+        nfe, bad = nfe.reshape(groups), bad.reshape(groups, 2)
+        history = history.reshape(history.shape[0], n_particles, *history.shape[3:])
+        samples, x0, history = place(samples), place(x0), place(history, None)
+    out = DenoiserOutput(samples=samples, nfe=nfe[0], history=history if keep_history else None)
+    # the last x0 estimate is returned (and dropped by `generate`) so that XLA computes and carries
+    # x0 at every step with or without a callback reading it: the same fusions, the same rounding
+    return out, x0, nfe, bad if check_finite else None
+
+
+def _run_shard(denoiser, call_id, keep_history, batch_size, check_finite, keys, shard):
+    """One device's particles (all of them without sharding): init, then a `lax.scan` over the
+    grid. Returns the samples, the last x0, the (1,) max NFE, the (1, 2) first non-finite (step,
+    particle) and the history (or an empty placeholder)."""
     ts = denoiser.timer.times()
     dtype = jnp.promote_types(denoiser.dtype or jnp.result_type(float), jnp.float32)
     std = denoiser.predictor.path.prior_std(ts[0])
     integrator, predictor = denoiser.integrator, denoiser.predictor
-    groups = 1 if sharding is None else _particle_sharding(sharding)[1]
-
-    def place(tree, spec_prefix=(), replicate=False):
-        if sharding is None:
-            return tree
-        spec = PartitionSpec() if replicate else PartitionSpec(*spec_prefix, *sharding.spec)
-        where = NamedSharding(sharding.mesh, spec)
-        return jax.tree.map(lambda a: lax.with_sharding_constraint(a, where), tree)
 
     def batched(fn, tree):
-        """`fn` (one particle) over the particles of `tree`: vmap, or chunks of `batch_size`."""
+        """`fn` (one particle) over the particles of `tree`: vmap, or chunks of `batch_size`.
+        `Shared` values, in and out, stay one unbatched copy."""
+        shared, tree = eqx.partition(tree, _is_shared, is_leaf=_is_shared)
+
+        def one(particle):
+            out = fn(eqx.combine(particle, shared, is_leaf=_is_shared))
+            return eqx.partition(out, lambda a: not _is_shared(a), is_leaf=_is_shared)
+
         if batch_size is None:
-            return place(jax.vmap(fn)(tree))
-        # (n,) -> (groups, n / groups): one group per shard, chunked on its own device
-        tree = place(jax.tree.map(lambda a: a.reshape(groups, -1, *a.shape[1:]), tree))
-        tree = jax.vmap(lambda g: lax.map(fn, g, batch_size=batch_size))(tree)
-        return place(jax.tree.map(lambda a: a.reshape(n_particles, *a.shape[2:]), tree))
+            tree, shared_out = jax.vmap(one, out_axes=(0, None))(tree)
+        else:
+            tree, shared_out = lax.map(one, tree, batch_size=batch_size)
+            shared_out = jax.tree.map(lambda a: a[0], shared_out)  # lax.map stacks its copies
+        return eqx.combine(tree, shared_out, is_leaf=_is_shared)
 
     def init(k):
         k_init, k_run = jr.split(k)
         x = (std * jr.normal(k_init, denoiser.x0_shape, dtype)).astype(dtype)
         return _initial_state(integrator, predictor, ts, x, k_run)
 
-    state = batched(init, place(particle_keys(key, n_particles)))
+    state = batched(init, keys)
     x_init = state.position
-    no_bad = jnp.full((2,), -1, jnp.int32)
-    bad = _first_non_finite(no_bad, 0, x_init) if check_finite else None
+    bad = _first_non_finite(jnp.full((2,), -1, jnp.int32), 0, x_init)
 
     def body(carry, xs):
         state, bad = carry
@@ -345,18 +423,18 @@ def _generate(
         # fences the step off from what reads it, so that a callback cannot change how XLA fuses
         # (and rounds) the step: the samples are the same, bit for bit, with or without one
         state = lax.optimization_barrier(state)
-        if call_id is not None:  # gathered (replicated) first: the host sees the whole batch
-            x, x0 = place((state.position, state.x0), replicate=True)
-            jax.debug.callback(_on_step, call_id, i, t_next, x, x0)
+        if call_id is not None:
+            jax.debug.callback(_on_step, call_id, shard, i, t_next, state.position, state.x0)
         return (state, bad), state.position if keep_history else None
 
     n_steps = ts.shape[0] - 1
     (state, bad), positions = lax.scan(body, (state, bad), (jnp.arange(n_steps), ts[:-1], ts[1:]))
-    history = place(jnp.concatenate([x_init[None], positions]), (None,)) if keep_history else None
-    out = DenoiserOutput(samples=state.position, nfe=jnp.max(state.nfe), history=history)
-    # the last x0 estimate is returned (and dropped by `generate`) so that XLA computes and carries
-    # x0 at every step with or without a callback reading it: the same fusions, the same rounding
-    return out, state.x0, bad
+    history = jnp.concatenate([x_init[None], positions]) if keep_history else jnp.zeros((1, keys.shape[0]))
+    return state.position, state.x0, jnp.max(state.nfe)[None], bad[None], history
+
+
+def _is_shared(node) -> bool:
+    return isinstance(node, Shared)
 
 
 def _first_non_finite(bad: Int[Array, " 2"], step, x: Float[Array, " n *shape"]) -> Int[Array, " 2"]:
