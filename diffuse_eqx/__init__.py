@@ -77,7 +77,7 @@ from ._inverse import (
     resample_if_needed as resample_if_needed,
     systematic_resample as systematic_resample,
 )
-from ._metrics import sliced_wasserstein as sliced_wasserstein
+from ._metrics import frechet_distance as frechet_distance, sliced_wasserstein as sliced_wasserstein
 from ._path import EDM as EDM, VP as VP, AbstractPath as AbstractPath, Flow as Flow
 from ._path.edm import VE as VE
 from ._predictor import (
