@@ -18,7 +18,7 @@ BUDGET = 20  # the demo's steps per timer, and network evaluations per integrato
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    assert cli.main(["demo", "--quick", "--out", str(out)]) == 0
+    assert cli.main(["demo", "--target", "gmm", "--quick", "--out", str(out)]) == 0
     return out, json.loads((out / "results.json").read_text()), (out / "report.md").read_text()
 
 
