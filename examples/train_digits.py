@@ -1,4 +1,4 @@
-"""Trains the shipped digits model: `python examples/train_digits.py` (about 20 minutes on 2 CPU cores).
+"""Trains the shipped digits model: `python examples/train_digits.py` (about 13 minutes on 2 CPU cores).
 
 Flow matching (Lipman et al. 2023; Liu et al. 2023) on the 1 500 training digits of
 `diffuse_eqx.models.digits.load_data`: for a digit $x_0$, a time $t \\sim U(0, 1)$ and noise
