@@ -3,28 +3,44 @@ numbers of `results.json` show."""
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 
-from diffuse_eqx import cli
-from diffuse_eqx.cli.demo_digits import FIGURES, GUIDANCE_ROWS, render_report
+
+FIGURES = ("digits_timers.png", "digits_integrators.png", "digits_batched.png", "digits_guidance.png")
+FIGURES += ("digits_inverse.png",)
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
+    """The command in a child process, as a user runs it (digits is the default target), which also
+    checks that the report is rendered from `results.json` alone. Not in the test process: importing
+    the demo's modules there made a later float64 test (`test_diffrax.py::
+    test_order_inside_the_interval[Tsit5]`) measure another order in the same process, not
+    understood yet (see the closing note)."""
     out = tmp_path_factory.mktemp("demo_digits")
-    assert cli.main(["demo", "--quick", "--out", str(out)]) == 0  # digits is the default target
+    args = ["demo", "--quick", "--out", str(out)]
+    code = (
+        f"import json, pathlib; from diffuse_eqx.cli import main; assert main({args!r}) == 0; "
+        "from diffuse_eqx.cli.demo_digits import render_report; "
+        f"out = pathlib.Path({str(out)!r}); "
+        "results = json.loads((out / 'results.json').read_text()); "
+        "assert render_report(results) == (out / 'report.md').read_text()"
+    )
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert child.returncode == 0, child.stdout + child.stderr
     return out, json.loads((out / "results.json").read_text()), (out / "report.md").read_text()
 
 
 def test_files_and_report(demo):
     out, results, report = demo
     assert results["target"] == "digits"
-    assert sorted(results["figures"].values()) == sorted(FIGURES.values())
-    for name in FIGURES.values():
+    assert sorted(results["figures"].values()) == sorted(FIGURES)
+    for name in FIGURES:
         assert (out / name).stat().st_size > 10_000, name
         assert f"]({name})" in report, f"{name} is not embedded in the report"
-    assert render_report(results) == report
 
 
 def test_reference_classifier_and_floors(demo):
@@ -67,7 +83,7 @@ def test_batched_numbers_are_consistent(demo):
 
 def test_guidance_rows(demo):
     rows = demo[1]["guidance"]["rows"]
-    assert [r["label"] for r in rows] == [label for label, _, _ in GUIDANCE_ROWS]
+    assert len(rows) == 5 and rows[0]["label"].startswith("CFG w=1") and rows[1]["label"] == "CFG w=2"
     cfg2 = rows[1]
     assert cfg2["nfe"] == 2 * 16  # CFG: two evaluations per step
     assert cfg2["accuracy"] >= 0.7  # 20 samples; the benchmark measures 1 000
