@@ -193,6 +193,7 @@ class Judge:
         self.train, _ = digits.load_data("train")
         self.test, self.test_labels = digits.load_data("test")
         self.test_accuracy = self.accuracy(self.test, self.test_labels)
+        self.test_logits = self._logits(self.test)
         self.floor_pixels = self.fd_pixels(self.train)
         self.floor_logits = self.fd_logits(self.train)
 
@@ -206,10 +207,11 @@ class Judge:
         flat = np.asarray(images, np.float64).reshape(len(images), -1)
         return dx.frechet_distance(flat, self.test.reshape(len(self.test), -1))
 
+    def _logits(self, images) -> np.ndarray:
+        return self.classifier.decision_function(np.asarray(images, np.float64).reshape(len(images), -1))
+
     def fd_logits(self, images) -> float:
-        logits = self.classifier.decision_function(np.asarray(images, np.float64).reshape(len(images), -1))
-        test = self.classifier.decision_function(self.test.reshape(len(self.test), -1).astype(np.float64))
-        return dx.frechet_distance(logits, test)
+        return dx.frechet_distance(self._logits(images), self.test_logits)
 
 
 # ---------------------------------------------------------------------------------------------------
