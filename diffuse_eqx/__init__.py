@@ -20,6 +20,8 @@ from ._guidance import (
 )
 from ._integrator import (
     DDIM as DDIM,
+    DEIS as DEIS,
+    IPNDM as IPNDM,
     AbstractIntegrator as AbstractIntegrator,
     AbstractMultistep as AbstractMultistep,
     AbstractSingleStep as AbstractSingleStep,
@@ -30,6 +32,8 @@ from ._integrator import (
     DPMpp2M as DPMpp2M,
     DPMpp2MSDE as DPMpp2MSDE,
     DPMpp2S as DPMpp2S,
+    DPMpp3M as DPMpp3M,
+    DPMpp3MSDE as DPMpp3MSDE,
     Euler as Euler,
     EulerAncestral as EulerAncestral,
     EulerAncestralRF as EulerAncestralRF,
@@ -39,6 +43,7 @@ from ._integrator import (
     IntegratorState as IntegratorState,
     Shared as Shared,
     StepCoefficients as StepCoefficients,
+    UniPC as UniPC,
     ancestral_step as ancestral_step,
     data_step as data_step,
     evaluate as evaluate,
@@ -91,11 +96,15 @@ from ._targets import (
 )
 from ._timer import (
     AbstractTimer as AbstractTimer,
+    BetaTimer as BetaTimer,
     CustomTimer as CustomTimer,
     ExponentialTimer as ExponentialTimer,
     FluxTimer as FluxTimer,
     KarrasTimer as KarrasTimer,
+    LogSNRTimer as LogSNRTimer,
     UniformTimer as UniformTimer,
+    fit_timer as fit_timer,
+    timer_error as timer_error,
 )
 
 
