@@ -43,7 +43,14 @@ def order(path, integrator, grid_of_n):
 
 def main() -> None:
     paths = {"Flow": dx.Flow(), "VP linear": dx.VP(), "VP cosine": dx.VP(schedule="cosine"), "EDM": dx.EDM()}
-    integrators = [dx.Euler(), dx.Heun(), dx.DDIM(), dx.DPMpp2S(), dx.DPMpp2M()]
+    integrators = [dx.Euler(), dx.Heun(), dx.DDIM(), dx.DPMpp2S(), dx.DPMpp2M(), dx.DPMpp3M(), dx.IPNDM()]
+    integrators += [
+        dx.UniPC(order=2),
+        dx.UniPC(order=3),
+        dx.UniPC(order=2, corrector=False),
+        dx.DEIS(order=2),
+    ]
+    integrators += [dx.DEIS(order=3)]
     print("| integrator | declared | " + " | ".join(f"{p} interior | {p} full" for p in paths) + " |")
     print("|---|---:|" + "---:|" * (2 * len(paths)))
     for integrator in integrators:
@@ -56,7 +63,15 @@ def main() -> None:
             else:
                 full = order(path, integrator, lambda n: np.linspace(t_max, 0.0, n + 1))
             cells += [f"{interior:.2f}", f"{full:.2f}"]
-        print(f"| {type(integrator).__name__} | {integrator.order} | " + " | ".join(cells) + " |")
+        print(f"| {label(integrator)} | {integrator.order} | " + " | ".join(cells) + " |")
+
+
+def label(integrator) -> str:
+    name = type(integrator).__name__
+    if not hasattr(integrator, "solver_order"):
+        return name
+    corrector = "" if getattr(integrator, "corrector", True) else ", no corrector"
+    return f"{name}({integrator.solver_order}{corrector})"
 
 
 if __name__ == "__main__":
