@@ -33,6 +33,7 @@ import jax.random as jr
 import numpy as np
 
 import diffuse_eqx as dx
+from diffuse_eqx._check import check_int
 
 from ._demo_figures import FIGURE_FILES, write_figures
 from ._demo_report import render_report, table_batched, table_integrators, table_matrix, table_timers
@@ -69,9 +70,7 @@ class DemoConfig:
 
     def __post_init__(self):
         for name in ("n_particles", "n_batch", "n_timing_runs", "n_floor_pairs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"DemoConfig.{name} must be a positive int; got {value!r}.")
+            check_int(f"DemoConfig.{name}", getattr(self, name))
         if self.n_particles < 16 or self.n_batch < 16:
             raise ValueError(
                 f"The demo needs at least 16 particles per part to measure anything; got "
