@@ -14,16 +14,23 @@ Every sampler starts from the same initial noise (at t = 1) and runs in float32.
 - time: median (and best) wall time of 5 full runs over all particles, after compilation for JAX.
 
 Peers run in their own processes (torch and JAX thread pools compete otherwise): diffusers'
-FlowMatchEuler / FlowMatchHeun / DPM-Solver++ 2M (`_peer_diffusers.py`) and the original Diffuse
-(`_peer_diffuse.py`, run by the Python in `$DIFFUSE_PEER_PYTHON`, default /work/peer_venv/bin/python,
-a venv with `pip install diffuse-jax`; skipped with a note if absent).
+FlowMatchEuler / FlowMatchHeun, DPM-Solver++ 2M and 3M, UniPC (bh1 / bh2, orders 2 and 3) and
+DEIS (orders 2 and 3) on flow sigmas (`_peer_diffusers.py`, which notes what each does to this
+problem), and the original Diffuse (`_peer_diffuse.py`, run by the Python in
+`$DIFFUSE_PEER_PYTHON`, default /work/peer_venv/bin/python, a venv with `pip install diffuse-jax`;
+skipped with a note if absent).
 
-Grids marked † are fitted to this problem: the grid that minimizes the mean squared error to the
-exact ODE over *independent* noise (a different key from the test noise), found by L-BFGS on the
-step sizes through `dx.integrate` (float64). They show what a problem-adapted grid buys; every other
-grid of ours is a fixed, problem-agnostic formula.
+Our samplers are every integrator on every fixed, problem-agnostic timer (`TIMERS`), and, marked †,
+the same integrators on grids fitted to this problem by `dx.fit_timer`: the grid that minimizes the
+mean squared error to a tight reference solve (float64) over *independent* pilot noise (another key
+than the test noise), L-BFGS on the log step sizes through the integrator, started from the best of
+the `TIMERS` grids. They show what a problem-adapted grid buys.
 
-Usage: `python benchmarks/samplers_vs_peers.py [--n-particles 10000] [--nfe 10 20 50] [--quick]`.
+The summary compares, per budget, our best fixed-timer sampler and our best fitted-grid sampler
+with the best peer (goals: fixed <= 0.7x, fitted <= 0.5x the best peer's RMS).
+
+Usage: `python benchmarks/samplers_vs_peers.py [--n-particles 10000] [--nfe 6 10 20 50] [--quick]
+[--no-fit] [--n-train 512] [--fit-integrators NAME ...]`.
 """
 
 import argparse
@@ -44,7 +51,6 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-import scipy.optimize
 
 import diffuse_eqx as dx
 
@@ -87,20 +93,21 @@ def solve(integrator, pred, ts, noise, keys):
 
 
 @functools.cache
-def _nfe(integrator: dx.AbstractIntegrator, n_steps: int) -> int:
+def _skipped(integrator: dx.AbstractIntegrator) -> int:
+    """The evaluations the integrator skips on a grid from 1 to 0 (all our grids have these ends,
+    which is where integrators skip them), counted by an eager run of 3 steps on one particle."""
     x, key = jnp.zeros((1, 2)), dx.particle_keys(jr.key(0), 1)
-    return int(solve(integrator, predictor(), dx.UniformTimer(n_steps).times(), x, key)[1][0])
+    with jax.disable_jit():  # a compilation per integrator would cost more than the run
+        nfe = int(solve(integrator, predictor(), dx.UniformTimer(3).times(), x, key)[1][0])
+    return 3 * integrator.nfe_per_step - nfe
 
 
 def steps_for_budget(integrator: dx.AbstractIntegrator, budget: int) -> int:
-    """The most steps whose NFE, counted by a real run on the uniform grid from 1 to 0 (all our grids
-    have these ends, which is where integrators skip evaluations), fits `budget`."""
-    n = max(1, budget // integrator.nfe_per_step)
-    while _nfe(integrator, n) > budget and n > 1:
-        n -= 1
-    while _nfe(integrator, n + 1) <= budget:
-        n += 1
-    return n
+    """The most steps whose NFE, `nfe_per_step * n` less the skipped evaluations, fits `budget`.
+    (Each run's own NFE count is printed, and a row over its budget is flagged and left out of the
+    summary.)"""
+    k, skipped = integrator.nfe_per_step, _skipped(integrator)
+    return max(1, (budget + skipped) // k)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,20 +124,32 @@ TIMERS: dict[str, Callable[[int], dx.AbstractTimer]] = {
     "Uniform": lambda n: dx.UniformTimer(n),
     "Flux shift 0.5": lambda n: dx.FluxTimer(n, shift=0.5),  # denser near the data
     "Flux shift 3": lambda n: dx.FluxTimer(n, shift=3.0),  # SD3's default, denser near the noise
+    "LogSNR": lambda n: dx.LogSNRTimer(n, path=PATH),  # uniform in log(alpha/sigma), DPM-Solver's
+    "Beta 0.6, 0.6": lambda n: dx.BetaTimer(n),  # diffusers' use_beta_sigmas
     "Karras rho 7, t_min 2e-3": lambda n: dx.KarrasTimer(n, t_min=2e-3, t_max=1.0),
     "Exponential, t_min 1e-2": lambda n: dx.ExponentialTimer(n, t_min=1e-2, t_max=1.0),
 }
 INTEGRATORS: dict[str, dx.AbstractIntegrator] = {
     "Euler": dx.Euler(),
     "Heun": dx.Heun(),
-    "DDIM": dx.DDIM(),
     "DPM++2S": dx.DPMpp2S(),
     "DPM++2M": dx.DPMpp2M(),
+    "DPM++3M": dx.DPMpp3M(),
+    "iPNDM 4": dx.IPNDM(order=4),
+    "UniPC bh1 p2": dx.UniPC(2, "bh1"),
+    "UniPC bh1 p3": dx.UniPC(3, "bh1"),
+    "UniPC bh2 p2": dx.UniPC(2, "bh2"),
+    "UniPC bh2 p3": dx.UniPC(3, "bh2"),
+    "DEIS p2": dx.DEIS(2),
+    "DEIS p3": dx.DEIS(3),
 }
+#: The integrators given fitted grids by default (a fit costs 15-30 s on 2 busy CPU cores). UniPC and
+#: DEIS are left out: their gradients in the grid are NaN for now, and `fit_timer` fails on them.
+FIT_INTEGRATORS = ("Heun", "DPM++2M", "DPM++3M", "iPNDM 4")
 
 
 def our_configs(fit: "GridFitter | None") -> list[Config]:
-    """Every integrator on every timer, then (if `fit`) on its fitted grid. Extend here."""
+    """Every integrator on every timer, then (if `fit`) those of `fit` on their fitted grids."""
     configs = [
         Config(f"{name}, {timer_name}", integrator, timer)
         for name, integrator in INTEGRATORS.items()
@@ -138,8 +157,8 @@ def our_configs(fit: "GridFitter | None") -> list[Config]:
     ]
     if fit is not None:
         configs += [
-            Config(f"{name}, fitted grid †", integrator, functools.partial(fit, integrator))
-            for name, integrator in INTEGRATORS.items()
+            Config(f"{name}, fitted grid †", INTEGRATORS[name], functools.partial(fit, name))
+            for name in fit.names
         ]
     return configs
 
@@ -165,51 +184,47 @@ def exact_ode(noise: np.ndarray, rtol: float = 1e-10) -> np.ndarray:
 
 
 class GridFitter:
-    """Fits, per integrator and number of steps, the grid from 1 to 0 that minimizes the mean squared
-    error to the exact ODE over independent training noise (float64). The parameters are the logs of
-    the step sizes (a softmax keeps them positive and summing to 1); L-BFGS starts from whichever of
-    the `TIMERS` grids has the lowest training loss. Cached."""
+    """`dx.fit_timer` per integrator and number of steps, in float64, on `n_train` pilot particles
+    drawn from `key` (independent of the test noise), started from the best of the `TIMERS` grids.
+    Cached; a fit that fails (an error, or a non-finite grid) is reported and skipped."""
 
-    def __init__(self, n_train: int, key):
-        self.noise = np.asarray(jr.normal(key, (n_train, 2)), np.float64)
-        self.target = exact_ode(self.noise)
-        self.cache: dict = {}
+    def __init__(self, names: list[str], n_train: int, key):
+        self.names, self.n_train, self.key = names, n_train, key
+        self.cache: dict[tuple[str, int], np.ndarray | None] = {}
+        self.seconds: dict[tuple[str, int], float] = {}
+        self.failures: dict[tuple[str, int], str] = {}
 
-    def __call__(self, integrator: dx.AbstractIntegrator, n_steps: int) -> dx.AbstractTimer:
-        cache_key = (type(integrator).__name__, n_steps)
+    def __call__(self, name: str, n_steps: int) -> dx.AbstractTimer | None:
+        cache_key = (name, n_steps)
         if cache_key not in self.cache:
-            self.cache[cache_key] = self._fit(integrator, n_steps)
-        return dx.CustomTimer(self.cache[cache_key])
-
-    @staticmethod
-    def grid(theta):
-        inner = 1.0 - jnp.cumsum(jax.nn.softmax(theta))[:-1]
-        return jnp.concatenate([jnp.ones(1, theta.dtype), inner, jnp.zeros(1, theta.dtype)])
-
-    def _fit(self, integrator, n_steps) -> np.ndarray:
-        with jax.enable_x64(True):
-            pred = predictor()
-            noise, target = jnp.asarray(self.noise), jnp.asarray(self.target)
-            keys = dx.particle_keys(jr.key(0), noise.shape[0])
-
-            @jax.jit
-            def loss_and_grad(theta):
-                def loss(theta):
-                    out, _ = solve(integrator, pred, self.grid(theta), noise, keys)
-                    return jnp.mean(jnp.sum((out - target) ** 2, -1))
-
-                return jax.value_and_grad(loss)(theta)
-
-            def fun(theta):
-                value, grad = loss_and_grad(jnp.asarray(theta))
-                return float(value), np.asarray(grad, np.float64)
-
-            starts = [
-                np.log(-np.diff(np.asarray(timer(n_steps).times(), np.float64))) for timer in TIMERS.values()
-            ]
-            theta0 = min(starts, key=lambda theta: fun(theta)[0])
-            res = scipy.optimize.minimize(fun, theta0, jac=True, method="L-BFGS-B", options=dict(maxiter=300))
-            return np.asarray(self.grid(jnp.asarray(res.x)))
+            t0 = time.perf_counter()
+            try:
+                with jax.enable_x64(True):
+                    timer = dx.fit_timer(
+                        predictor(),
+                        INTEGRATORS[name],
+                        n_steps,
+                        self.key,
+                        x0_shape=(2,),
+                        n_particles=self.n_train,
+                        init_timer=[make(n_steps) for make in TIMERS.values()],
+                    )
+                    grid = np.asarray(timer.times(), np.float64)
+                if not np.all(np.isfinite(grid)):
+                    raise FloatingPointError(f"non-finite fitted grid {grid}")
+            except (ValueError, FloatingPointError) as e:
+                grid = None
+                self.failures[cache_key] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            self.cache[cache_key] = grid
+            self.seconds[cache_key] = time.perf_counter() - t0
+        grid = self.cache[cache_key]
+        if grid is None:
+            return None
+        # a fitted step can shrink below float32 resolution: such a step is merged with its neighbour
+        # (the run then makes fewer steps, and its NFE count says so)
+        grid32 = np.asarray(grid, np.float32)
+        keep = [0] + [i for i in range(1, len(grid32)) if grid32[i] < grid32[i - 1]]
+        return dx.CustomTimer(grid32[keep])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -244,6 +259,11 @@ class Problem:
             for i in range(8)
         ]
         self.sw_floor, self.sw_floor_std = float(np.mean(floors)), float(np.std(floors))
+        # `dx.sliced_wasserstein(samples, exact_samples, jr.key(4))` with the exact side's sorted
+        # projections cached and numpy's sort (XLA's CPU sort of 10 000 x 512 takes seconds)
+        theta = jr.normal(jr.key(4), (512, 2), jnp.float32)
+        self.theta = np.asarray(theta / jnp.linalg.norm(theta, axis=-1, keepdims=True))
+        self.sorted_exact = np.sort(np.asarray(self.exact_samples, np.float32) @ self.theta.T, axis=0)
         t0 = time.perf_counter()
         self.reference = exact_ode(self.noise)
         self.reference_time = time.perf_counter() - t0
@@ -256,11 +276,16 @@ class Problem:
         return float(np.sqrt(np.mean(np.sum((np.asarray(samples, np.float64) - self.reference) ** 2, -1))))
 
     def sw(self, samples) -> float:
-        return float(dx.sliced_wasserstein(jnp.asarray(samples, jnp.float32), self.exact_samples, jr.key(4)))
+        projected = np.sort(np.asarray(samples, np.float32) @ self.theta.T, axis=0)
+        return float(np.sqrt(np.mean((projected - self.sorted_exact) ** 2)))
 
-    def run_ours(self, config: Config, budget: int) -> Row:
+    def run_ours(self, config: Config, budget: int) -> Row | None:
+        """`config` at the most steps that fit `budget`; `None` if its timer is missing (a failed fit)."""
         n_steps = steps_for_budget(config.integrator, budget)
-        ts = jnp.asarray(config.timer(n_steps).times(), jnp.float32)
+        timer = config.timer(n_steps)
+        if timer is None:
+            return None
+        ts = jnp.asarray(timer.times(), jnp.float32)
         noise, keys = jnp.asarray(self.noise), dx.particle_keys(jr.key(5), self.n)
         pred = predictor()
         samples, nfe = solve(config.integrator, pred, ts, noise, keys)
@@ -272,7 +297,7 @@ class Problem:
             times.append(time.perf_counter() - t0)
         return Row(
             config.name,
-            n_steps,
+            len(ts) - 1,
             int(jnp.max(nfe)),
             self.rms(samples),
             self.sw(samples),
@@ -332,19 +357,32 @@ def peers(problem: Problem, budgets: list[int]) -> tuple[list[dict], list[str]]:
     return rows, notes
 
 
-def same_grid_check(problem: Problem, peer_rows: list[dict]) -> list[str]:
+#: Our integrator for each diffusers scheduler that computes the same update (DPM++ 3M is left out:
+#: diffusers weighs its quadratic term by 1/2, ours does not).
+SAME_UPDATE: dict[str, dx.AbstractIntegrator] = {
+    "diffusers FlowMatchEuler": dx.Euler(),
+    "diffusers FlowMatchHeun": dx.Heun(),
+    "diffusers DPM++ 2M, net at float sigma": dx.DPMpp2M(),
+    "diffusers UniPC bh1 p2, net at float sigma": dx.UniPC(2, "bh1"),
+    "diffusers UniPC bh1 p3, net at float sigma": dx.UniPC(3, "bh1"),
+    "diffusers UniPC bh2 p2, net at float sigma": dx.UniPC(2, "bh2"),
+    "diffusers UniPC bh2 p3, net at float sigma": dx.UniPC(3, "bh2"),
+    "diffusers DEIS p2, net at float sigma": dx.DEIS(2),
+    "diffusers DEIS p3, net at float sigma": dx.DEIS(3),
+}
+
+
+def same_grid_check(problem: Problem, peer_rows: list[dict], budgets: list[int]) -> list[str]:
     """Ours on diffusers' exact grid (`dx.CustomTimer`) against diffusers' result, both float32: the
     largest coordinate difference and the median distance over particles. For scale, the same two
-    numbers between our float32 and float64 runs on that grid (what float32 rounding alone does)."""
-    ours = {
-        "diffusers FlowMatchEuler": dx.Euler(),
-        "diffusers FlowMatchHeun": dx.Heun(),
-        "diffusers DPM++ 2M, net at float sigma": dx.DPMpp2M(),
-    }
+    numbers between our float32 and float64 runs on that grid (what float32 rounding alone does).
+    DEIS's grid repeats its last sigma (a step of length zero, which `dx.CustomTimer` refuses):
+    ours runs on exactly those sigmas, through `dx.integrate`, with the same NFE."""
 
     def run(integrator, grid, dtype):
         noise, keys = jnp.asarray(problem.noise, dtype), dx.particle_keys(jr.key(5), problem.n)
-        ts = jnp.asarray(dx.CustomTimer(grid).times(), dtype)
+        repeats = np.any(np.diff(grid) == 0)
+        ts = jnp.asarray(grid if repeats else dx.CustomTimer(grid).times(), dtype)
         return np.asarray(solve(integrator, predictor(), ts, noise, keys)[0], np.float64)
 
     def stats(diff):
@@ -352,13 +390,14 @@ def same_grid_check(problem: Problem, peer_rows: list[dict]) -> list[str]:
 
     lines = []
     for row in peer_rows:
-        if row["method"] in ours:
-            integrator = ours[row["method"]]
+        if row["method"] in SAME_UPDATE and row["budget"] in budgets:
+            integrator = SAME_UPDATE[row["method"]]
             ours32 = run(integrator, row["grid"], jnp.float32)
             with jax.enable_x64(True):
                 ours64 = run(integrator, row["grid"], jnp.float64)
+            name = row["method"].removeprefix("diffusers ").removesuffix(", net at float sigma")
             lines.append(
-                f"| {row['method']} | {row['n_steps']} | {type(integrator).__name__} | "
+                f"| {name} | {row['n_steps']} | {integrator!r} | "
                 f"{stats(ours32 - row['samples'])} | {stats(ours32 - ours64)} |"
             )
     return lines
@@ -379,40 +418,73 @@ def print_table(budget: int, rows: list[Row], problem: Problem) -> None:
         print(f"| {method} | {r.n_steps} | {nfe} | {r.rms:.2e} | {r.sw:.3f} | {time_ms} |")
 
 
-def summary_line(budget: int, rows: list[Row]) -> str:
-    """Our best fixed-timer and fitted configurations against the best peer, within the budget."""
-    rows = [r for r in rows if r.nfe <= budget]
+#: The goals: our best fixed-timer and fitted-grid RMS over the best peer's.
+GOAL_FIXED, GOAL_FITTED = 0.7, 0.5
+
+
+def summary_row(budget: int, rows: list[Row]) -> str:
+    """Our best fixed-timer and fitted configurations against the best peer, within the budget (a
+    NaN result is never the best)."""
+    rows = [r for r in rows if r.nfe <= budget and np.isfinite(r.rms)]
 
     def best(keep):
         return min((r for r in rows if keep(r)), key=lambda r: r.rms, default=None)
 
     peer = best(lambda r: not r.ours)
-    fixed, fitted = best(lambda r: r.ours and "†" not in r.method), best(lambda r: "†" in r.method)
-    parts = [f"ours (fixed timer) {fixed.method}: {fixed.rms:.2e}"]
-    if fitted is not None:
-        parts.append(f"ours (fitted grid) {fitted.method}: {fitted.rms:.2e}")
-    if peer is not None:
-        parts.append(f"best peer {peer.method}: {peer.rms:.2e}")
-        ratios = f"{fixed.rms / peer.rms:.2f}" + (f" / {fitted.rms / peer.rms:.2f}" if fitted else "")
-        parts.append(f"ours/peer {ratios}")
-    return f"- NFE {budget}: " + "; ".join(parts)
+    fixed = best(lambda r: r.ours and "†" not in r.method)
+    fitted = best(lambda r: r.ours and "†" in r.method)
+
+    def cell(r):
+        return "—" if r is None else f"{r.method.removesuffix(', fitted grid †')}: {r.rms:.2e}"
+
+    def ratio(r, goal):
+        if r is None or peer is None:
+            return "—"
+        q = r.rms / peer.rms
+        return f"{q:.2f} ({'met' if q <= goal else 'not met'})"
+
+    return (
+        f"| {budget} | {cell(fixed)} | {cell(fitted)} | {cell(peer)} | "
+        f"{ratio(fixed, GOAL_FIXED)} | {ratio(fitted, GOAL_FITTED)} |"
+    )
+
+
+def print_summary(lines: list[str], metric: str = "RMS vs exact ODE") -> None:
+    print(
+        f"\n### Summary: {metric} (goals: fixed <= {GOAL_FIXED}x, fitted <= {GOAL_FITTED}x the best peer's)\n"
+    )
+    print("| NFE | ours, fixed timer | ours, fitted grid † | best peer | fixed / peer | fitted / peer |")
+    print("|---:|---|---|---|---:|---:|")
+    print("\n".join(lines))
 
 
 def main() -> None:
+    start = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-particles", type=int, default=10_000)
-    parser.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50])
-    parser.add_argument("--n-train", type=int, default=2048, help="independent particles for fitted grids")
+    parser.add_argument("--nfe", type=int, nargs="+", default=[6, 10, 20, 50])
+    parser.add_argument("--n-train", type=int, default=512, help="independent pilot particles of the fits")
+    parser.add_argument(
+        "--fit-integrators",
+        nargs="+",
+        default=list(FIT_INTEGRATORS),
+        choices=list(INTEGRATORS),
+        metavar="NAME",
+        help=f"integrators given fitted grids (default: {', '.join(FIT_INTEGRATORS)})",
+    )
     parser.add_argument("--no-fit", action="store_true", help="skip the fitted grids")
+    parser.add_argument(
+        "--same-grid-nfe", type=int, nargs="*", default=[10], help="budgets of the same-grid check"
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per sampler (default 5)")
     parser.add_argument("--quick", action="store_true", help="2000 particles, NFE 10 and 20, one timing run")
     args = parser.parse_args()
     if args.quick:
-        args.n_particles, args.nfe, args.n_train = 2000, [10, 20], 512
-    repeats = 1 if args.quick else 5
+        args.n_particles, args.nfe, args.n_train, args.repeats = 2000, [10, 20], 256, 1
 
     platform = jax.devices()[0].platform
     print(f"JAX {jax.__version__} on {platform}; {args.n_particles} particles; NFE budgets {args.nfe}")
-    problem = Problem(args.n_particles, repeats)
+    problem = Problem(args.n_particles, args.repeats)
     print(
         f"exact ODE reference: Dopri8, rtol = atol = 1e-10, float64, {problem.reference_time:.1f} s; "
         f"max |x(rtol 1e-10) - x(rtol 1e-12)| over {min(args.n_particles, 500)} particles: "
@@ -422,10 +494,12 @@ def main() -> None:
         f"SW noise floor (two independent exact sample sets of {args.n_particles}, 8 pairs): "
         f"{problem.sw_floor:.2e} +- {problem.sw_floor_std:.1e}"
     )
+    t0 = time.perf_counter()
     peer_rows, notes = peers(problem, args.nfe)
+    notes.append(f"{time.perf_counter() - t0:.0f} s in all")
     for note in notes:
         print(f"peers: {note}")
-    fit = None if args.no_fit else GridFitter(args.n_train, jr.key(3))
+    fit = None if args.no_fit else GridFitter(args.fit_integrators, args.n_train, jr.key(3))
     configs = our_configs(fit)
 
     summary = []
@@ -445,24 +519,35 @@ def main() -> None:
             for r in peer_rows
             if r["budget"] == budget
         ]
-        rows += [problem.run_ours(config, budget) for config in configs]
+        t0, fit_s = time.perf_counter(), sum(fit.seconds.values()) if fit is not None else 0.0
+        rows += [row for config in configs if (row := problem.run_ours(config, budget)) is not None]
+        fit_s = (sum(fit.seconds.values()) if fit is not None else 0.0) - fit_s
         print_table(budget, rows, problem)
-        summary.append(summary_line(budget, rows))
+        print(f"\n(ours at NFE {budget}: {time.perf_counter() - t0:.0f} s, of which fits {fit_s:.0f} s)")
+        summary.append(summary_row(budget, rows))
 
     if fit is not None:
-        print(f"\n### Fitted grids † (on {args.n_train} independent particles)\n")
+        print(
+            f"\n### Fitted grids † (dx.fit_timer, float64, {args.n_train} independent pilot particles, "
+            f"{sum(fit.seconds.values()):.0f} s in all)\n"
+        )
         for (name, n_steps), ts in fit.cache.items():
-            print(f"- {name}, {n_steps} steps: " + ", ".join(f"{t:.3f}" for t in ts))
-    if peer_rows:
+            seconds = f"{fit.seconds[(name, n_steps)]:.1f} s"
+            if ts is None:
+                print(f"- {name}, {n_steps} steps ({seconds}): fit failed, {fit.failures[(name, n_steps)]}")
+            else:
+                print(f"- {name}, {n_steps} steps ({seconds}): " + ", ".join(f"{t:.3f}" for t in ts))
+    lines = same_grid_check(problem, peer_rows, args.same_grid_nfe) if peer_rows else []
+    if lines:
         print("\n### Same grid: ours on diffusers' exact sigma grid (dx.CustomTimer), float32\n")
         print(
             "| diffusers scheduler | steps | ours | max abs diff. | median dist. "
             "| ours f32 vs f64: max abs diff. | median dist. |"
         )
         print("|---|---:|---|---:|---:|---:|---:|")
-        print("\n".join(same_grid_check(problem, peer_rows)))
-    print("\n### Summary: RMS vs exact ODE (goal: half the best peer's)\n")
-    print("\n".join(summary))
+        print("\n".join(lines))
+    print_summary(summary)
+    print(f"\ntotal time {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":
