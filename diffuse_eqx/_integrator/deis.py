@@ -6,11 +6,11 @@ import jax.numpy as jnp
 
 from .._custom_types import Grid, Key, Particle, Scalar, Time
 from .._predictor import AbstractPredictor
-from .base import AbstractMultistep, History, IntegratorState, Shared, data_step, evaluate
+from .base import AbstractIntegrator, History, IntegratorState, Shared, data_step, evaluate
 from .unipc import check_solver_order, lagrange, node_lambdas
 
 
-class DEIS(AbstractMultistep):
+class DEIS(AbstractIntegrator):
     r"""DEIS (Zhang & Chen 2023), the multistep exponential integrator of diffusers'
     `DEISMultistepScheduler` (`algorithm_type="deis"`, `solver_type="logrho"`): the noise estimate
     is extrapolated by the polynomial through its last $p$ values in $\log\rho$,

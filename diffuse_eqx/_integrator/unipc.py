@@ -9,10 +9,10 @@ from .._check import check_int
 from .._custom_types import Grid, Key, Particle, Scalar, Time
 from .._path import AbstractPath
 from .._predictor import AbstractPredictor
-from .base import AbstractMultistep, History, IntegratorState, Shared, data_step, evaluate
+from .base import AbstractIntegrator, History, IntegratorState, Shared, data_step, evaluate
 
 
-class UniPC(AbstractMultistep):
+class UniPC(AbstractIntegrator):
     r"""UniPC (Zhao et al. 2023) in data prediction, as diffusers' `UniPCMultistepScheduler`
     (`predict_x0=True`): the multistep predictor UniP-$p$, and the corrector UniC that reuses the
     evaluation at the new point (made by the next step anyway), raising the order by one at no extra
