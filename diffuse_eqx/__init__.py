@@ -6,6 +6,17 @@ from ._denoiser import (
     integrate as integrate,
     particle_keys as particle_keys,
 )
+from ._edit import (
+    Anchored as Anchored,
+    Blended as Blended,
+    EditOutput as EditOutput,
+    FlowEdit as FlowEdit,
+    InversionOutput as InversionOutput,
+    RFInversion as RFInversion,
+    SDEdit as SDEdit,
+    invert as invert,
+    noise_to as noise_to,
+)
 from ._guidance import (
     APG as APG,
     CFG as CFG,

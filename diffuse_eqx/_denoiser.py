@@ -96,9 +96,11 @@ class Denoiser(eqx.Module):
       [`Predictor`][diffuse_eqx.Predictor] casts its output up), as rounding every step of the
       state to bf16 costs accuracy for no speed (`benchmarks/bf16_sampling.py`).
 
-    The grid must start at the path's `t_max`, or where the signal-to-noise ratio
-    $\alpha(t_0)/\sigma(t_0)$ is at most `SNR_TOLERANCE` (2e-2): the initial particles
+    Drawn from noise, the grid must start at the path's `t_max`, or where the signal-to-noise
+    ratio $\alpha(t_0)/\sigma(t_0)$ is at most `SNR_TOLERANCE` (2e-2): the initial particles
     $\sigma(t_0) z$ leave out the data term $\alpha(t_0) x_0$, which must be negligible there.
+    Given initial particles (`generate(..., x_init=...)`: SDEdit, an inverted image), the grid may
+    start anywhere in $[0, t_{\max}]$.
     """
 
     predictor: AbstractPredictor
@@ -121,14 +123,6 @@ class Denoiser(eqx.Module):
                 f"The timer starts at t={t0}, beyond the path's t_max={path.t_max}: the grid must "
                 f"lie in [0, t_max] of {type(path).__name__}."
             )
-        if concrete(path.t_max) and not _starts_from_noise(path, jnp.asarray(t0)):
-            snr = float(path.alpha(t0) / path.sigma(t0))
-            raise ValueError(
-                f"The timer starts at t0={t0}, below the path's t_max={path.t_max}, where the "
-                f"signal-to-noise ratio alpha(t0)/sigma(t0) = {snr:.3g} exceeds SNR_TOLERANCE = "
-                f"{SNR_TOLERANCE:g}: pure noise sigma(t0) z would lack the data term alpha(t0) x0. "
-                f"Start the grid at t_max={path.t_max}."
-            )
         prediction = self.predictor.prediction if isinstance(self.predictor, Predictor) else None
         if prediction in ("noise", "score") and float(path.alpha(t0)) == 0:
             raise ValueError(
@@ -148,8 +142,9 @@ class Denoiser(eqx.Module):
         callback: Callable[[int, float, np.ndarray, np.ndarray], object] | None = None,
         progress: bool = False,
         check_finite: bool = False,
+        x_init: Float[Array, " n_particles *shape"] | None = None,
     ) -> DenoiserOutput:
-        """Draws `n_particles` samples: a `lax.scan` over the grid whose body steps the whole batch of
+        r"""Draws `n_particles` samples: a `lax.scan` over the grid whose body steps the whole batch of
         particles. None of `batch_size`, `sharding`, `callback` and `progress` changes the samples:
         particle $i$ is computed from its own key, `fold_in(key, i)`, by the same per-particle program
         (details: [Concepts → Batches, devices and callbacks][generate-options]).
@@ -175,6 +170,11 @@ class Denoiser(eqx.Module):
           particle at which a particle became NaN or infinite (one reduction per step; when off,
           the default, nothing is compiled in). Under an outer `jit` the error is an
           `eqx.error_if` run-time error without the step.
+        - `x_init`: `None` (default: the prior's noise $\sigma(t_0) z$ at the grid's first time), or
+          the particles at the grid's first time $t_0$, shape `(n_particles, *x0_shape)`, e.g.
+          [`noise_to`][diffuse_eqx.noise_to]`(path, x0, t0, key)` (SDEdit) or the latents of
+          [`invert`][diffuse_eqx.invert]; the grid may then start below `t_max`. The particles'
+          keys are those of a run from noise: a stochastic integrator draws the same noise.
 
         **Returns:** a [`DenoiserOutput`][diffuse_eqx.DenoiserOutput].
         """
@@ -191,9 +191,13 @@ class Denoiser(eqx.Module):
             )
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be a function callback(step, t, x, x0); got {callback!r}.")
+        if x_init is None:
+            check_starts_from_noise(self.predictor.path, self.timer.times())
+        else:
+            x_init = _checked_x_init(x_init, n_particles, self.x0_shape, self.dtype)
         config = (n_particles, bool(keep_history), batch_size, sharding, bool(check_finite))
         if callback is None and not progress:
-            return _checked(self, *_generate(self, key, None, *config))
+            return _checked(self, *_generate(self, key, None, x_init, *config))
 
         bar = _progress_bar(int(self.timer.n_steps)) if progress else None
 
@@ -206,13 +210,32 @@ class Denoiser(eqx.Module):
         call_id = next(_call_ids) % 2**31
         _host_calls[call_id] = _Gather(on_step, n_shards)
         try:
-            out = jax.block_until_ready(_generate(self, key, jnp.asarray(call_id, jnp.int32), *config))
+            call = jnp.asarray(call_id, jnp.int32)
+            out = jax.block_until_ready(_generate(self, key, call, x_init, *config))
             jax.effects_barrier()  # every host callback of this call has run
         finally:
             del _host_calls[call_id]
             if bar is not None:
                 bar.close()
         return _checked(self, *out)
+
+
+def check_starts_from_noise(path, ts: Grid, owner: str = "Denoiser") -> None:
+    """A `ValueError` if a concrete grid `ts` starts below the path's `t_max` where the data term of
+    the initial particles would not be negligible (see `SNR_TOLERANCE`); a traced grid is checked
+    at run time."""
+    if not concrete(ts) or not concrete(path.t_max):
+        return
+    t0 = as_numpy(ts)[0]
+    if not _starts_from_noise(path, jnp.asarray(t0)):
+        snr = float(path.alpha(t0) / path.sigma(t0))
+        raise ValueError(
+            f"{owner}: the timer starts at t0={t0}, below the path's t_max={path.t_max}, where the "
+            f"signal-to-noise ratio alpha(t0)/sigma(t0) = {snr:.3g} exceeds SNR_TOLERANCE = "
+            f"{SNR_TOLERANCE:g}: pure noise sigma(t0) z would lack the data term alpha(t0) x0. "
+            f"Start the grid at t_max={path.t_max}, or pass the initial particles "
+            "(generate(..., x_init=dx.noise_to(path, x0, t0, key)))."
+        )
 
 
 #: The largest signal-to-noise ratio alpha(t0)/sigma(t0) at which a grid may start from pure noise
@@ -227,8 +250,26 @@ def _starts_from_noise(path, t0) -> Array:
     return at_t_max | (path.alpha(t0) <= SNR_TOLERANCE * path.sigma(t0))
 
 
+def _checked_x_init(x_init, n_particles: int, x0_shape: tuple[int, ...], dtype) -> Array:
+    """`x_init` as an array of shape `(n_particles, *x0_shape)` of the particles' dtype."""
+    shape = getattr(x_init, "shape", None)
+    if shape is None or tuple(shape) != (n_particles, *x0_shape):
+        raise ValueError(
+            f"generate: x_init must have shape (n_particles, *x0_shape) = {(n_particles, *x0_shape)}; "
+            f"got {shape if shape is not None else type(x_init).__name__}."
+        )
+    dtype = jnp.promote_types(dtype or jnp.result_type(float), jnp.float32)
+    x_init = jnp.asarray(x_init)
+    if not jnp.issubdtype(x_init.dtype, jnp.floating):
+        raise TypeError(f"generate: x_init must be real floating point; got dtype {x_init.dtype}.")
+    if concrete(x_init) and not bool(jnp.all(jnp.isfinite(x_init))):
+        raise ValueError("generate: x_init has NaN or infinite values.")
+    return x_init.astype(dtype)
+
+
 def _checked(
     denoiser: Denoiser,
+    x_init,
     out: DenoiserOutput,
     x0,
     nfe: Int[Array, " n_shards"],
@@ -240,7 +281,10 @@ def _checked(
     none), combined here, after the run, so that no reduction inside it crosses devices."""
     del x0
     out = _checked_grid(
-        denoiser.predictor.path, denoiser.timer.times(), dataclasses.replace(out, nfe=jnp.max(nfe))
+        denoiser.predictor.path,
+        denoiser.timer.times(),
+        dataclasses.replace(out, nfe=jnp.max(nfe)),
+        from_noise=x_init is None,
     )
     if bad is None:
         return out
@@ -338,12 +382,14 @@ def _generate(
     denoiser: Denoiser,
     key: Key,
     call_id: Int[Array, ""] | None,
+    x_init: Float[Array, " n_particles *shape"] | None,
     n_particles: int,
     keep_history: bool,
     batch_size: int | None,
     sharding: NamedSharding | None,
     check_finite: bool = False,
 ) -> tuple[
+    Float[Array, " n_particles *shape"] | None,
     DenoiserOutput,
     Float[Array, " n_particles *shape"],
     Int[Array, " n_shards"],
@@ -360,7 +406,7 @@ def _generate(
     keys = particle_keys(key, n_particles)
     run = functools.partial(_run_shard, denoiser, call_id, keep_history, batch_size, check_finite)
     if sharding is None:
-        samples, x0, nfe, bad, history = run(keys, 0)
+        samples, x0, nfe, bad, history = run(keys, x_init, 0)
     else:
         groups = _particle_sharding(sharding)[1]
 
@@ -369,7 +415,11 @@ def _generate(
             return jax.tree.map(lambda a: lax.with_sharding_constraint(a, where), tree)
 
         keys = place(keys.reshape(groups, -1, *keys.shape[1:]))
-        samples, x0, nfe, bad, history = jax.vmap(run, out_axes=(0, 0, 0, 0, 1))(keys, jnp.arange(groups))
+        if x_init is not None:
+            x_init = place(x_init.reshape(groups, -1, *x_init.shape[1:]))
+        samples, x0, nfe, bad, history = jax.vmap(run, out_axes=(0, 0, 0, 0, 1))(
+            keys, x_init, jnp.arange(groups)
+        )
         samples, x0 = (a.reshape(n_particles, *a.shape[2:]) for a in (samples, x0))
         nfe, bad = nfe.reshape(groups), bad.reshape(groups, 2)
         history = history.reshape(history.shape[0], n_particles, *history.shape[3:])
@@ -377,13 +427,14 @@ def _generate(
     out = DenoiserOutput(samples=samples, nfe=nfe[0], history=history if keep_history else None)
     # the last x0 estimate is returned (and dropped by `generate`) so that XLA computes and carries
     # x0 at every step with or without a callback reading it: the same fusions, the same rounding
-    return out, x0, nfe, bad if check_finite else None
+    return x_init, out, x0, nfe, bad if check_finite else None
 
 
-def _run_shard(denoiser, call_id, keep_history, batch_size, check_finite, keys, shard):
+def _run_shard(denoiser, call_id, keep_history, batch_size, check_finite, keys, x_given, shard):
     """One device's particles (all of them without sharding): init, then a `lax.scan` over the
-    grid. Returns the samples, the last x0, the (1,) max NFE, the (1, 2) first non-finite (step,
-    particle) and the history (or an empty placeholder)."""
+    grid, from the prior's noise or from the particles `x_given`. Returns the samples, the last
+    x0, the (1,) max NFE, the (1, 2) first non-finite (step, particle) and the history (or an empty
+    placeholder)."""
     ts = denoiser.timer.times()
     dtype = jnp.promote_types(denoiser.dtype or jnp.result_type(float), jnp.float32)
     std = denoiser.predictor.path.prior_std(ts[0])
@@ -405,12 +456,14 @@ def _run_shard(denoiser, call_id, keep_history, batch_size, check_finite, keys, 
             shared_out = jax.tree.map(lambda a: a[0], shared_out)  # lax.map stacks its copies
         return eqx.combine(tree, shared_out, is_leaf=_is_shared)
 
-    def init(k):
+    def init(k_and_x):
+        k, x = k_and_x
         k_init, k_run = jr.split(k)
-        x = (std * jr.normal(k_init, denoiser.x0_shape, dtype)).astype(dtype)
+        if x is None:
+            x = (std * jr.normal(k_init, denoiser.x0_shape, dtype)).astype(dtype)
         return _initial_state(integrator, predictor, ts, x, k_run)
 
-    state = batched(init, keys)
+    state = batched(init, (keys, x_given))
     x_init = state.position
     bad = _first_non_finite(jnp.full((2,), -1, jnp.int32), 0, x_init)
 
@@ -444,15 +497,17 @@ def _first_non_finite(bad: Int[Array, " 2"], step, x: Float[Array, " n *shape"])
     return jnp.where((bad[0] < 0) & ~jnp.all(finite), now, bad)
 
 
-def _checked_grid(path, ts: Grid, out: DenoiserOutput) -> DenoiserOutput:
+def _checked_grid(path, ts: Grid, out: DenoiserOutput, from_noise: bool = True) -> DenoiserOutput:
     """`out` behind a run-time check of a traced grid (a timer built under `jit`/`vmap`): finite,
-    strictly decreasing, in [0, t_max], starting from noise (see `SNR_TOLERANCE`). A concrete grid
-    was checked when the timer and the Denoiser were built."""
+    strictly decreasing, in [0, t_max], starting from noise (see `SNR_TOLERANCE`) if `from_noise`.
+    A concrete grid was checked when the timer and the Denoiser were built (and by `generate`)."""
     if concrete(ts):
         return out
     ok = jnp.all(jnp.isfinite(ts)) & jnp.all(ts[1:] < ts[:-1]) & (ts[-1] >= 0)
     out = eqx.error_if(out, ~ok, "Denoiser: the grid must be finite, strictly decreasing and >= 0.")
-    ok = (ts[0] <= path.t_max * (1 + 1e-6)) & _starts_from_noise(path, ts[0])
+    ok = ts[0] <= path.t_max * (1 + 1e-6)
+    if from_noise:
+        ok = ok & _starts_from_noise(path, ts[0])
     return eqx.error_if(
         out, ~ok, "Denoiser: the grid must start at the path's t_max, or where alpha/sigma <= SNR_TOLERANCE."
     )

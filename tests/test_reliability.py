@@ -99,9 +99,13 @@ def test_non_finite_or_negative_guidance_scales_are_refused(scale):
     ],
 )
 def test_pure_noise_below_t_max_is_refused(path, timer):
+    den = denoiser(path=path, timer=timer)  # a grid below t_max is for given initial particles
     with pytest.raises(ValueError, match=rf"starts at t0={float(timer(0))}.*below the path's t_max=") as e:
-        denoiser(path=path, timer=timer)
-    assert "SNR_TOLERANCE" in str(e.value)
+        den.generate(jr.key(0), 2)
+    assert "SNR_TOLERANCE" in str(e.value) and "x_init" in str(e.value)
+    x_init = jnp.ones((2, 2))
+    out = den.generate(jr.key(0), 2, x_init=x_init)
+    assert out.samples.shape == (2, 2) and bool(jnp.all(jnp.isfinite(out.samples)))
 
 
 @pytest.mark.parametrize(

@@ -71,6 +71,7 @@ def ancestral_step(
     a_t, s_t = path.alpha(t), path.sigma(t)
     a_s, s_s = path.alpha(t_next), path.sigma(t_next)
     ratio2 = ((a_t * s_s) / (a_s * s_t)) ** 2  # e^{-2h}; 0 where alpha_t = 0 or sigma_s = 0
-    up = jnp.minimum(1.0, eta * jnp.sqrt(1 - ratio2))
+    # no fresh noise on a step up in time (h < 0: the inversion of `invert`)
+    up = jnp.minimum(1.0, eta * jnp.sqrt(jnp.maximum(1 - ratio2, 0.0)))
     down = jnp.sqrt(1 - up**2)
     return (a_s * pred.x0 + s_s * (down * pred.noise + up * z)).astype(z.dtype)

@@ -227,11 +227,12 @@ def _check_shape_and_batch(x0_shape, batch_size, owner: str):
 
 def _check_timer(predictor, integrator, timer, x0_shape, owner: str) -> None:
     """The checks `Denoiser` makes of a grid on this path (it starts from noise, within t_max)."""
-    from .._denoiser import Denoiser  # `_denoiser` imports the timers
+    from .._denoiser import Denoiser, check_starts_from_noise  # `_denoiser` imports the timers
 
     if not isinstance(timer, AbstractTimer):
         raise TypeError(f"{owner} must be a timer (or timers), e.g. dx.UniformTimer(10); got {timer!r}.")
     Denoiser(predictor=predictor, integrator=integrator, timer=timer, x0_shape=x0_shape)
+    check_starts_from_noise(predictor.path, timer.times(), owner)
 
 
 def _init_timers(path, n_steps: int, init_timer) -> list[AbstractTimer]:
