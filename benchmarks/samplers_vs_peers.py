@@ -231,25 +231,25 @@ class GridFitter:
         cache_key = (name, n_steps)
         if cache_key not in self.cache:
             t0 = time.perf_counter()
-            try:
-                grids = {
-                    "float64 fit": self._fit(name, n_steps, True),
-                    "float32 fit": self._fit(name, n_steps, False),
-                }
-                # the starting grids too: where L-BFGS cannot improve on them (long grids, where the
-                # float32 error floor flattens the loss), the best of them is kept and said so
-                for label, make in TIMERS.items():
-                    start = np.asarray(make(n_steps).times(), np.float64)
-                    grids[f"no fit better than its start, {label}"] = start
-                timers = [float32_grid(grid) for grid in grids.values()]
-                pilot = dx.timer_error(
-                    predictor(), INTEGRATORS[name], timers, self.key, x0_shape=(2,), n_particles=self.n_train
-                )
-                precision = list(grids)[int(np.argmin(pilot))]
-                self.cache[cache_key] = grids[precision], precision
-            except (ValueError, FloatingPointError) as e:
-                self.cache[cache_key] = None
-                self.failures[cache_key] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            grids, errors = {}, []
+            for precision, x64 in (("float64 fit", True), ("float32 fit", False)):
+                try:
+                    grids[precision] = self._fit(name, n_steps, x64)
+                except (ValueError, FloatingPointError) as e:  # reported; the other candidates stay
+                    errors.append(f"{precision}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+            if errors:
+                self.failures[cache_key] = "; ".join(errors)
+            # the starting grids too: where L-BFGS cannot improve on them (long grids, where the
+            # float32 error floor flattens the loss), the best of them is kept and said so
+            for label, make in TIMERS.items():
+                start = np.asarray(make(n_steps).times(), np.float64)
+                grids[f"no fit better than its start, {label}"] = start
+            timers = [float32_grid(grid) for grid in grids.values()]
+            pilot = dx.timer_error(
+                predictor(), INTEGRATORS[name], timers, self.key, x0_shape=(2,), n_particles=self.n_train
+            )
+            precision = list(grids)[int(np.nanargmin(np.where(np.isfinite(pilot), pilot, np.nan)))]
+            self.cache[cache_key] = grids[precision], precision
             self.seconds[cache_key] = time.perf_counter() - t0
         fitted = self.cache[cache_key]
         return None if fitted is None else float32_grid(fitted[0])
@@ -561,8 +561,10 @@ def main() -> None:
         )
         for (name, n_steps), fitted in fit.cache.items():
             seconds = f"{fit.seconds[(name, n_steps)]:.1f} s"
+            if (name, n_steps) in fit.failures:
+                print(f"- {name}, {n_steps} steps: a fit failed, {fit.failures[(name, n_steps)]}")
             if fitted is None:
-                print(f"- {name}, {n_steps} steps ({seconds}): fit failed, {fit.failures[(name, n_steps)]}")
+                print(f"- {name}, {n_steps} steps ({seconds}): no grid")
             else:
                 ts, precision = fitted
                 print(

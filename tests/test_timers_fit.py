@@ -229,3 +229,19 @@ def test_fit_timer_bad_arguments(predictor, kwargs, error, match):
 def test_invalid_new_timers_raise_clear_errors(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make()
+
+
+@pytest.mark.parametrize(
+    "integrator",
+    [dx.UniPC(2), dx.UniPC(3, "bh1"), dx.DEIS(2), dx.DEIS(3)],
+    ids=lambda i: f"{type(i).__name__}",
+)
+def test_integrators_have_finite_derivatives_in_every_grid_time(integrator):
+    """The derivative of the end point in each time of a full grid (t = 1 and t = 0 included) is
+    finite: the branches of a lowered order at the ends (h = inf) must not poison it with NaN, or
+    `fit_timer` gets a NaN grid (as UniPC's fits once did)."""
+    gm = dx.GaussianMixture(np.asarray([0.5, 0.5]), np.asarray([[-2.0], [2.0]]), np.full((2, 1, 1), 0.3))
+    pred = dx.Predictor(gm.network(dx.Flow()), dx.Flow())
+    ts = jnp.asarray(dx.FluxTimer(8, shift=0.5).times())
+    jac = jax.jacobian(lambda ts: dx.integrate(integrator, pred, ts, jnp.asarray([0.7]), jr.key(0))[0])(ts)
+    assert bool(jnp.all(jnp.isfinite(jac))), jac

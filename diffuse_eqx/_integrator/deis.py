@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from .._custom_types import Grid, Key, Particle, Scalar, Time
 from .._predictor import AbstractPredictor
 from .base import AbstractIntegrator, History, IntegratorState, Shared, data_step, evaluate
-from .unipc import check_solver_order, lagrange, node_lambdas
+from .unipc import check_solver_order, finite_lambda, lagrange, node_lambdas
 
 
 class DEIS(AbstractIntegrator):
@@ -87,10 +87,15 @@ class DEIS(AbstractIntegrator):
         pred, state = evaluate(predictor, state, x, t)
         order = jnp.minimum(history.count + 1, jnp.where(short, jnp.minimum(p, remaining), p))
         times, eps = history.times[: p - 1], history.values[: p - 1]
-        lam = node_lambdas(path, jnp.concatenate([jnp.asarray(t, times.dtype)[None], times]))
-        w, h = [0.0] + [lam[k] - lam[0] for k in range(1, p)], path.lambda_(t_next) - lam[0]
-        moments = [_moment(m, h) for m in range(p)]
-        scale = path.alpha(t_next) * path.sigma(t) / path.alpha(t)  # alpha_s rho_t
+        lam, ok_t = node_lambdas(path, jnp.concatenate([jnp.asarray(t, times.dtype)[None], times]))
+        lam_s, ok_s = finite_lambda(path, jnp.asarray(t_next, lam.dtype)[None])
+        # h = inf (from alpha = 0, or to sigma = 0): the moments' limits m!, computed from a finite
+        # stand-in so that no derivative is infinite (see `finite_lambda`)
+        h_finite = ok_t & ok_s[0]
+        w, h = [0.0] + [lam[k] - lam[0] for k in range(1, p)], jnp.where(h_finite, lam_s[0] - lam[0], 1.0)
+        moments = [jnp.where(h_finite, _moment(m, h), math.factorial(m)) for m in range(p)]
+        a_t = path.alpha(t)
+        scale = path.alpha(t_next) * path.sigma(t) / jnp.where(a_t > 0, a_t, 1.0)  # alpha_s rho_t
         weights = [jnp.zeros((), lam.dtype)] * (p - 1)  # order 1: DDIM
         for q in range(2, p + 1):  # the polynomial through q estimates
             for k in range(1, q):

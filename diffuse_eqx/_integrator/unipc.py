@@ -2,8 +2,9 @@ import math
 from typing import ClassVar
 
 import equinox as eqx
+import jax.lax as lax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
 from .._check import check_int
 from .._custom_types import Grid, Key, Particle, Scalar, Time
@@ -126,15 +127,32 @@ def check_solver_order(name: str, value, allowed: tuple[int, ...]) -> int:
     return value
 
 
-def node_lambdas(path: AbstractPath, times: Float[Array, " k"]) -> Float[Array, " k"]:
-    r"""$\lambda$ at `times` (newest first). A node at $\lambda = -\infty$ ($\alpha = 0$: `Flow` at
-    $t = 1$) takes the first-order value $\lambda_j + (t_k - t_j)\,\dot\lambda(t_j)$ from its newer
-    neighbour $t_j$ (as in `multistep_data`), so that a difference to it stays a slope."""
-    lam = path.lambda_(times)
-    newer = times[:-1]
+def finite_lambda(
+    path: AbstractPath, times: Float[Array, " k"]
+) -> tuple[Float[Array, " k"], Bool[Array, " k"]]:
+    r"""$\lambda$ at `times` and where it is finite. Where it is not ($\alpha = 0$ or $\sigma = 0$),
+    $\lambda$ of a stand-in time (distinct ones inside the path), so that neither the values nor their
+    derivatives are infinite: a quantity computed from them but not selected (a lowered order) then
+    has finite derivatives too, and cannot turn the derivatives of the selected ones into NaN
+    (`fit_timer` differentiates through the grid)."""
+    ok = jnp.isfinite(lax.stop_gradient(path.lambda_(times)))
+    stand_in = path.t_max * (
+        0.3 + 0.4 * jnp.arange(times.shape[0], dtype=times.dtype) / max(times.shape[0], 1)
+    )
+    return path.lambda_(jnp.where(ok, times, stand_in)), ok
+
+
+def node_lambdas(path: AbstractPath, times: Float[Array, " k"]) -> tuple[Float[Array, " k"], Bool[Array, ""]]:
+    r"""$\lambda$ at `times` (newest first), and whether the newest is finite. A node at
+    $\lambda = -\infty$ ($\alpha = 0$: `Flow` at $t = 1$) takes the first-order value
+    $\lambda_j + (t_k - t_j)\,\dot\lambda(t_j)$ from its newer neighbour $t_j$ (as in
+    `multistep_data`), so that a difference to it stays a slope. Infinite values are replaced as in
+    `finite_lambda` (they are never used)."""
+    lam, ok = finite_lambda(path, times)
+    newer = jnp.where(ok[:-1], times[:-1], path.t_max / 2)
     d_lam = path.d_alpha(newer) / path.alpha(newer) - path.d_sigma(newer) / path.sigma(newer)
     from_newer = lam[:-1] + (times[1:] - newer) * d_lam
-    return jnp.concatenate([lam[:1], jnp.where(jnp.isneginf(lam[1:]), from_newer, lam[1:])])
+    return jnp.concatenate([lam[:1], jnp.where(ok[1:], lam[1:], from_newer)]), ok[0]
 
 
 def _g(i: int, z: Scalar) -> Scalar:
@@ -163,13 +181,13 @@ def lagrange(nodes: list, k: int) -> list:
     return [c / denominator for c in coeffs]
 
 
-def _b_rho(r: list, h: Scalar, g: list, variant: str) -> list:
+def _b_rho(r: list, h: Scalar, g: list, variant: str, h_finite=True) -> list:
     r"""$B(h)\,\rho_k$ for the nodes $r_k$: $\rho = 1/2$ with one node, else the solution of
     $\sum_k \rho_k r_k^{i-1} = G_i / B(h)$, $i = 1..K$, given $G$ (`g`): a Vandermonde system,
     $B(h)\rho_k = \sum_m [x^m]\ell_k\; G_{m+1}$."""
     if len(r) == 1:
         b = -h if variant == "bh1" else jnp.expm1(-h)
-        return [0.5 * jnp.where(jnp.isfinite(h), b, -1.0)]
+        return [0.5 * jnp.where(h_finite, b, -1.0)]
     return [sum(c * g_m for c, g_m in zip(lagrange(r, k), g)) for k in range(len(r))]
 
 
@@ -180,13 +198,17 @@ def _weights(
     (nodes: the earlier `times`, newest first) or, with `corrector`, in UniC-`order` (one more node,
     last: the new point at $s$, $r = 1$). `order` may be traced: each order up to the static maximum
     is formed (scalars only) and one is selected; none (zeros) for an order out of range."""
-    lam = node_lambdas(path, jnp.concatenate([jnp.asarray(t, times.dtype)[None], times]))
-    h = path.lambda_(s) - lam[0]
+    lam, ok_t = node_lambdas(path, jnp.concatenate([jnp.asarray(t, times.dtype)[None], times]))
+    lam_s, ok_s = finite_lambda(path, jnp.asarray(s, lam.dtype)[None])
+    h = lam_s[0] - lam[0]
+    # h = inf (from alpha = 0, or to sigma = 0): the single-node limit below; other orders unused
+    h_finite = ok_t & ok_s[0]
+    h = jnp.where(h_finite & (h != 0), h, 1.0)
     r = [(lam[k] - lam[0]) / h for k in range(1, lam.shape[0])] + ([1.0] if corrector else [])
     g = [_g(i, -h) for i in range(1, len(r) + 1)]
     weights = [jnp.zeros((), lam.dtype)] * len(r)  # UniP-1: the data step alone
     for k in range(1, len(r) + 1):  # k nodes: the k - 1 newest earlier ones, and the next or the new point
         used = [*range(k - 1), len(r) - 1 if corrector else k - 1]
-        for i, b_rho in zip(used, _b_rho([r[i] for i in used], h, g[:k], variant)):
+        for i, b_rho in zip(used, _b_rho([r[i] for i in used], h, g[:k], variant, h_finite)):
             weights[i] = jnp.where(order == (k if corrector else k + 1), b_rho / r[i], weights[i])
     return jnp.stack(weights) if weights else jnp.zeros(0, lam.dtype)

@@ -5,9 +5,13 @@ diffuse-eqx demo [--target digits|gmm] [--out DIR] [--particles N] [--batch-part
 diffuse-eqx generate --model REPO_OR_DIR --prompt TEXT [--height H] [--width W] [--steps N]
                      [--timer T] [--integrator I] [--n N] [--seed S] [--guidance G]
                      [--negative-prompt TEXT --true-cfg W] [--dtype D] [--out DIR] [--progress]
+diffuse-eqx edit --model REPO_OR_DIR --image IN.png --prompt TEXT [--source-prompt TEXT]
+                 [--method flowedit|rf-inversion|sdedit] [--mask MASK.png] [--steps N] [--n N]
+                 [--strength S] [--gamma G] [--eta E] [--guidance G] [--source-guidance G] [--out DIR]
 ```
 
-One module per command (`demo_digits.py` and `demo.py` for the demo's two targets, `generate.py`),
+One module per command (`demo_digits.py` and `demo.py` for the demo's two targets, `generate.py`,
+`edit.py`),
 imported only when that command runs: the parser below needs nothing but the standard library.
 """
 
@@ -123,6 +127,36 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     gen.add_argument("--out", type=Path, default=Path("flux_out"), metavar="DIR")
     gen.add_argument("--progress", action="store_true", help="show a progress bar over the sampling steps")
+
+    ed = commands.add_parser(
+        "edit",
+        help="edit an image with FLUX.1 (FlowEdit, RF-Inversion, SDEdit) or inpaint it with a mask",
+        description="Edits an image from a source prompt to a prompt, or regenerates a masked part.",
+    )
+    ed.add_argument("--model", default="black-forest-labs/FLUX.1-dev", help="repo id or diffusers folder")
+    ed.add_argument("--image", type=Path, required=True, help="the input image (H and W multiples of 16)")
+    ed.add_argument("--prompt", required=True, help="the target prompt")
+    ed.add_argument(
+        "--source-prompt", default="", metavar="TEXT", help="what the image shows (not for sdedit)"
+    )
+    ed.add_argument("--method", default="flowedit", choices=["flowedit", "rf-inversion", "sdedit"])
+    ed.add_argument("--mask", type=Path, default=None, help="inpaint the white part of this mask instead")
+    ed.add_argument("--steps", type=_integer(1), default=28)
+    ed.add_argument("--n", type=_integer(1), default=1, help="edits to draw")
+    ed.add_argument("--seed", type=int, default=0)
+    ed.add_argument(
+        "--strength", type=_finite_float, default=None, help="FlowEdit / SDEdit strength in (0, 1]"
+    )
+    ed.add_argument("--gamma", type=_finite_float, default=None, help="RF-Inversion's gamma in [0, 1]")
+    ed.add_argument("--eta", type=_finite_float, default=None, help="RF-Inversion's eta in [0, 1]")
+    ed.add_argument(
+        "--guidance", type=_finite_float, default=5.5, help="target distilled guidance (dev only)"
+    )
+    ed.add_argument(
+        "--source-guidance", type=_finite_float, default=1.5, help="source distilled guidance (dev)"
+    )
+    ed.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ed.add_argument("--out", type=Path, default=Path("flux_edit"), metavar="DIR")
     return parser
 
 
@@ -154,6 +188,27 @@ def _run(args: argparse.Namespace) -> None:
         if args.batch_particles is not None:
             settings["n_batch"] = args.batch_particles
         run(Config(out=args.out, seed=args.seed, **settings))
+    elif args.command == "edit":
+        from .edit import edit
+
+        edit(
+            args.model,
+            args.image,
+            args.prompt,
+            source_prompt=args.source_prompt,
+            method=args.method,
+            mask=args.mask,
+            steps=args.steps,
+            n=args.n,
+            seed=args.seed,
+            strength=args.strength,
+            gamma=args.gamma,
+            eta=args.eta,
+            guidance=args.guidance,
+            source_guidance=args.source_guidance,
+            dtype=args.dtype,
+            out=args.out,
+        )
     elif args.command == "generate":
         from .generate import generate
 

@@ -13,12 +13,18 @@ from pathlib import Path
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int, Real
 
-from ..._check import check_positive
+from ..._check import check_int, check_positive
+from ..._custom_types import Key
+from ..._denoiser import Denoiser
+from ..._edit import Blended, FlowEdit, InversionOutput, RFInversion, SDEdit, invert
 from ..._guidance import ConditionalNetwork
+from ..._integrator import AbstractIntegrator, Euler
 from ..._path import Flow
+from ..._predictor import Predictor
 from ..._timer import FluxTimer
 from .._weights import CheckpointError, floating_dtype, read_json
 from .autoencoder import Autoencoder
@@ -389,6 +395,181 @@ class FluxPipeline:
         """An image in [-1, 1] -> packed latents (the autoencoder's posterior mean), for inverse
         problems."""
         return self.pack(self.vae.encode(image))
+
+    # --- editing ----------------------------------------------------------------------------------
+
+    def predictor(self, prompt: str, height: int, width: int, guidance: float | None = 3.5) -> Predictor:
+        """The velocity [`Predictor`][diffuse_eqx.Predictor] of `prompt` on the `Flow` path (the
+        distilled `guidance` of FLUX.1-dev; `None` for schnell)."""
+        return Predictor(self.condition(prompt, height, width, guidance), Flow(), "velocity")
+
+    def _image(self, image, owner: str) -> tuple[Float[Array, "3 H W"], int, int]:
+        image = jnp.asarray(image)
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(
+                f"{owner}: image must have shape (3, H, W), values in [-1, 1]; got {image.shape}."
+            )
+        height, width = int(image.shape[1]), int(image.shape[2])
+        if height % 16 or width % 16:
+            raise ValueError(
+                f"{owner}: the image's height and width must be multiples of 16; got {height}x{width}."
+            )
+        if not bool(jnp.all(jnp.isfinite(image))):
+            raise ValueError(f"{owner}: the image has NaN or infinite values.")
+        return image.astype(self.dtype), height, width
+
+    def _decode_all(self, packed, height: int, width: int) -> Float[Array, "n 3 H W"]:
+        decode = eqx.filter_jit(jax.vmap(lambda z: self.decode(z.astype(self.dtype), height, width)))
+        return decode(packed)
+
+    def invert(
+        self,
+        image: Float[Array, "3 H W"],
+        prompt: str,
+        steps: int = 28,
+        *,
+        integrator: AbstractIntegrator | None = None,
+        guidance: float | None = 1.0,
+        fixed_point: int = 0,
+    ) -> InversionOutput:
+        """Inverts an image to FLUX's noise: encodes it, then [`invert`][diffuse_eqx.invert]s the
+        probability-flow ODE of `prompt` over the model's own grid of `steps` steps.
+        `Denoiser.generate(key, 1, x_init=out.latents)` with the same predictor, integrator and grid
+        regenerates it.
+
+        **Arguments:**
+
+        - `image`: shape (3, H, W), values in [-1, 1], H and W multiples of 16.
+        - `prompt`: the source prompt.
+        - `steps`: grid steps ([`timer`][diffuse_eqx.models.flux.FluxPipeline.timer]).
+        - `integrator`: a deterministic integrator (default [`Euler`][diffuse_eqx.Euler]).
+        - `guidance`: FLUX.1-dev's distilled guidance (default 1: inversion is usually run with
+          little guidance; `None` for schnell).
+        - `fixed_point`: refinement iterations of [`invert`][diffuse_eqx.invert].
+
+        **Returns:** an [`InversionOutput`][diffuse_eqx.InversionOutput] of one particle, packed
+        latents."""
+        image, height, width = self._image(image, "invert")
+        x = self.encode(image)[None].astype(jnp.float32)
+        pred = self.predictor(prompt, height, width, guidance)
+        return invert(
+            integrator or Euler(), pred, self.timer(steps, height, width), x, fixed_point=fixed_point
+        )
+
+    def edit(
+        self,
+        image: Float[Array, "3 H W"],
+        source_prompt: str,
+        target_prompt: str,
+        method: str = "flowedit",
+        steps: int = 28,
+        *,
+        key: Key | None = None,
+        n: int = 1,
+        source_guidance: float | None = 1.5,
+        target_guidance: float | None = 5.5,
+        **options,
+    ) -> Float[Array, "n 3 H W"]:
+        """Edits an image from `source_prompt` to `target_prompt` and decodes the result.
+
+        **Arguments:**
+
+        - `image`: shape (3, H, W), values in [-1, 1], H and W multiples of 16.
+        - `source_prompt`, `target_prompt`: the prompts (SDEdit uses the target only).
+        - `method`: `"flowedit"` ([`FlowEdit`][diffuse_eqx.FlowEdit]), `"rf-inversion"`
+          ([`RFInversion`][diffuse_eqx.RFInversion]) or `"sdedit"` ([`SDEdit`][diffuse_eqx.SDEdit]).
+        - `steps`: grid steps of the model's own schedule.
+        - `key`: a PRNG key (default `jr.key(0)`); `n` edits are drawn (different noise).
+        - `source_guidance`, `target_guidance`: FLUX.1-dev's distilled guidance of each prompt
+          (FlowEdit's FLUX defaults 1.5 and 5.5; `None` for schnell).
+        - `options`: the method's parameters (e.g. `strength=0.85, n_avg=1` for FlowEdit,
+          `gamma=0.5, eta=0.9, stop=0.25` for RF-Inversion, `strength=0.6` for SDEdit).
+
+        **Returns:** the edited images, shape (n, 3, H, W), in [-1, 1] (not clipped)."""
+        methods = {"flowedit": FlowEdit, "rf-inversion": RFInversion, "sdedit": SDEdit}
+        if method not in methods:
+            raise ValueError(f"edit: unknown method {method!r}; choose one of {sorted(methods)}.")
+        edit = methods[method](**options)
+        image, height, width = self._image(image, "edit")
+        key = jr.key(0) if key is None else key
+        x = jnp.repeat(self.encode(image)[None].astype(jnp.float32), check_int("n", n), axis=0)
+        timer = self.timer(steps, height, width)
+        target = self.predictor(target_prompt, height, width, target_guidance)
+        if method == "sdedit":
+            out = edit.edit(key, x, target, timer)
+        else:
+            source = self.predictor(source_prompt, height, width, source_guidance)
+            out = edit.edit(key, x, source, target, timer)
+        return self._decode_all(out.samples, height, width)
+
+    def latent_mask(self, mask: Real[ArrayLike, "H W"]) -> Float[Array, "L_img c4"]:
+        """A pixel mask (1: regenerate, 0: keep) as a mask of the packed latents: a latent pixel is
+        regenerated where any of its 8x8 pixels is (the mask grows to the latent grid, so that no
+        kept latent depends on a regenerated pixel)."""
+        mask = jnp.asarray(mask, jnp.float32)
+        f = self.vae_scale_factor
+        if mask.ndim != 2 or mask.shape[0] % 16 or mask.shape[1] % 16:
+            raise ValueError(f"the mask must have shape (H, W), multiples of 16; got {mask.shape}.")
+        h, w = mask.shape[0] // f, mask.shape[1] // f
+        cells = mask.reshape(h, f, w, f).max(axis=(1, 3))
+        return self.pack(jnp.broadcast_to(cells, (self.latent_channels, h, w)))
+
+    def inpaint(
+        self,
+        image: Float[Array, "3 H W"],
+        mask: Real[ArrayLike, "H W"],
+        prompt: str,
+        steps: int = 28,
+        *,
+        key: Key | None = None,
+        n: int = 1,
+        guidance: float | None = 3.5,
+        integrator: AbstractIntegrator | None = None,
+    ) -> Float[Array, "n 3 H W"]:
+        """Regenerates the masked part of an image (mask 1) with `prompt`, keeping the rest: blended
+        latent diffusion ([`Blended`][diffuse_eqx.Blended]) with the latent mask of
+        [`latent_mask`][diffuse_eqx.models.flux.FluxPipeline.latent_mask]. Returns `n` decoded
+        images (n, 3, H, W)."""
+        image, height, width = self._image(image, "inpaint")
+        mask = jnp.asarray(mask)
+        if mask.shape != (height, width):
+            raise ValueError(
+                f"inpaint: the mask must have the image's shape {(height, width)}; got {mask.shape}."
+            )
+        original = self.encode(image).astype(jnp.float32)
+        blended = Blended(integrator or Euler(), original, self.latent_mask(mask))
+        den = Denoiser(
+            self.predictor(prompt, height, width, guidance),
+            blended,
+            self.timer(steps, height, width),
+            original.shape,
+        )
+        out = den.generate(jr.key(0) if key is None else key, check_int("n", n))
+        return self._decode_all(out.samples, height, width)
+
+    def outpaint(
+        self,
+        image: Float[Array, "3 H W"],
+        pad: tuple[int, int, int, int],
+        prompt: str,
+        steps: int = 28,
+        **options,
+    ) -> Float[Array, "n 3 H2 W2"]:
+        """Extends an image by `pad = (top, bottom, left, right)` pixels (multiples of 16), generated
+        with `prompt`: the image on a larger canvas,
+        [`inpaint`][diffuse_eqx.models.flux.FluxPipeline.inpaint]ed outside it. `options` go to
+        `inpaint` (`key`, `n`, `guidance`, `integrator`)."""
+        image, height, width = self._image(image, "outpaint")
+        if len(pad) != 4 or any(
+            isinstance(p, bool) or not isinstance(p, int) or p < 0 or p % 16 for p in pad
+        ):
+            raise ValueError(
+                f"outpaint: pad must be 4 non-negative multiples of 16 (top, bottom, left, right); got {pad}."
+            )
+        top, bottom, left, right = pad
+        canvas = jnp.pad(image, ((0, 0), (top, bottom), (left, right)))
+        mask = jnp.pad(jnp.zeros((height, width)), ((top, bottom), (left, right)), constant_values=1.0)
+        return self.inpaint(canvas, mask, prompt, steps, **options)
 
     @staticmethod
     def to_uint8(images: Float[Array, "*batch 3 H W"]) -> np.ndarray:
