@@ -2,6 +2,7 @@ from .base import AbstractPosteriorGuidance as AbstractPosteriorGuidance
 from .daps import DAPS as DAPS
 from .ddnm import DDNM as DDNM
 from .dps import DPS as DPS
+from .dps_gsg import DPSGSG as DPSGSG
 from .mcgdiff import MCGdiff as MCGdiff
 from .operators import (
     MRI as MRI,
@@ -9,9 +10,12 @@ from .operators import (
     AbstractOperator as AbstractOperator,
     Blur as Blur,
     Downsampling as Downsampling,
+    FunctionOperator as FunctionOperator,
     Inpainting as Inpainting,
     LatentOperator as LatentOperator,
     Matrix as Matrix,
+    PhaseRetrieval as PhaseRetrieval,
+    Quantize as Quantize,
     box_mask as box_mask,
     gaussian_kernel as gaussian_kernel,
     kspace_line_mask as kspace_line_mask,

@@ -9,7 +9,7 @@ from .._custom_types import Grid, Hyperparameter, Key, Particle, Time
 from .._integrator import AbstractIntegrator, IntegratorState, data_step, evaluate
 from .._predictor import AbstractPredictor
 from .base import check_noisy, check_y, check_y_now, prior_variance
-from .operators import AbstractOperator, Measurement
+from .operators import AbstractOperator, Measurement, check_differentiable
 
 
 class DAPS(AbstractIntegrator):
@@ -56,6 +56,7 @@ class DAPS(AbstractIntegrator):
     n_ode_steps: int = eqx.field(default=1, static=True)
 
     def __check_init__(self):
+        check_differentiable("DAPS", self.operator)
         check_noisy("DAPS", self.operator, "its Langevin steps follow the Gaussian likelihood")
         check_y_now("DAPS", self.operator, self.y)
         check_int("DAPS n_langevin", self.n_langevin, minimum=0)

@@ -9,7 +9,7 @@ from .._check import check_positive
 from .._custom_types import NFE, Hyperparameter, Particle, Time
 from .._predictor import AbstractPredictor, Prediction
 from .base import AbstractPosteriorGuidance, check_noisy, guided, x0_map
-from .operators import AbstractOperator, Measurement
+from .operators import AbstractOperator, Measurement, check_differentiable
 
 
 class DPS(AbstractPosteriorGuidance):
@@ -55,6 +55,7 @@ class DPS(AbstractPosteriorGuidance):
     likelihood: Literal["norm", "gaussian"] = eqx.field(default="norm", static=True)
 
     def __check_init__(self):
+        check_differentiable("DPS", self.operator)
         check_positive("DPS scale", self.scale)
         if self.likelihood not in ("norm", "gaussian"):
             raise ValueError(f"DPS likelihood must be 'norm' or 'gaussian'; got {self.likelihood!r}.")

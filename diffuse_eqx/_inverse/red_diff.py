@@ -9,7 +9,7 @@ from .._custom_types import Grid, Hyperparameter, Key, Particle, Time
 from .._integrator import AbstractIntegrator, IntegratorState, evaluate, noise
 from .._predictor import AbstractPredictor
 from .base import check_y, check_y_now
-from .operators import AbstractLinearOperator, AbstractOperator, Measurement
+from .operators import AbstractLinearOperator, AbstractOperator, Measurement, check_differentiable
 
 
 class RedDiff(AbstractIntegrator):
@@ -59,6 +59,7 @@ class RedDiff(AbstractIntegrator):
     mu_init: Literal["pinv", "zeros", "noise"] = eqx.field(default="pinv", static=True)
 
     def __check_init__(self):
+        check_differentiable("RedDiff", self.operator)
         if self.mu_init not in ("pinv", "zeros", "noise"):
             raise ValueError(f"RedDiff mu_init must be 'pinv', 'zeros' or 'noise'; got {self.mu_init!r}.")
         if self.mu_init == "pinv" and not isinstance(self.operator, AbstractLinearOperator):

@@ -10,7 +10,7 @@ from .._custom_types import Key, Scalar, Time
 from .._predictor import AbstractPredictor, Prediction
 from .._timer import AbstractTimer
 from .base import check_noisy
-from .operators import AbstractOperator
+from .operators import AbstractOperator, check_differentiable
 from .resampling import ess, resample_if_needed
 from .smc_base import AbstractSMCSampler, ddim_transition, evaluate_all, gather, infer_x0_shape
 
@@ -84,6 +84,7 @@ class TDS(AbstractSMCSampler):
         self.x0_shape = infer_x0_shape("TDS", operator, x0_shape)
 
     def __check_init__(self):
+        check_differentiable("TDS", self.operator)
         check_noisy(
             "TDS",
             self.operator,

@@ -1,4 +1,5 @@
 import abc
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -51,6 +52,16 @@ def check_fits(name: str, mask_shape: tuple[int, ...], x_shape: tuple[int, ...])
             f"{name} mask of shape {mask_shape} does not fit a signal of shape {x_shape}: the mask must "
             "have the signal's shape or broadcast over its leading (channel) axes, e.g. a mask (H, W) "
             "or (1, H, W) for a signal (C, H, W)."
+        )
+
+
+def check_differentiable(name: str, operator) -> None:
+    """Refuses an operator without a useful derivative for a method that differentiates it."""
+    if not operator.differentiable:
+        raise ValueError(
+            f"{name} differentiates the forward model, but {type(operator).__name__} is not "
+            "differentiable (a black box, or piecewise constant: its gradient is zero or undefined). "
+            "Use a derivative-free sampler: DPSGSG (zero-order DPS)."
         )
 
 
@@ -121,9 +132,16 @@ class AbstractOperator(eqx.Module):
         sigma_y = eqx.error_if(jnp.asarray(self.sigma_y), self.sigma_y <= 0, msg)
         return -jnp.sum(jnp.real(r * jnp.conj(r))) / (2 * sigma_y**2)
 
+    differentiable: eqx.AbstractVar[bool]
+    """Whether $\mathcal A$ has a useful derivative (`vjp`). `False` for a black box or a
+    piecewise-constant map ([`Quantize`][diffuse_eqx.Quantize]): gradient-based samplers refuse it,
+    derivative-free ones run it. (Linear operators: `True`.)"""
+
     def vjp(self, x: Signal, cotangent: Measurement) -> Signal:
         r"""$J_{\mathcal A}(x)^\top v$: the gradient of $\mathrm{Re}\langle v, \mathcal A(x)\rangle$ with
-        respect to $x$ (equal to `adjoint(v)` for linear operators)."""
+        respect to $x$ (equal to `adjoint(v)` for linear operators). A `ValueError` for an operator
+        that is not `differentiable`."""
+        check_differentiable("vjp", self)
         y, pullback = jax.vjp(self.apply, x)
         return pullback(jnp.conj(cotangent).astype(y.dtype))[0]
 
@@ -140,6 +158,9 @@ class AbstractLinearOperator(AbstractOperator):
     [`gram_solve`][diffuse_eqx.AbstractLinearOperator.gram_solve] (what PiGDM needs) solves with them.
     The signal space is always real, so these solves are real even for complex measurements.
     """
+
+    differentiable: ClassVar[bool] = True
+
 
     @abc.abstractmethod
     def adjoint(self, y: Measurement) -> Signal:

@@ -24,6 +24,11 @@ class LatentOperator(AbstractOperator):
     decoder: Callable[[Signal], Signal]
     sigma_y: Hyperparameter
 
+    @property
+    def differentiable(self) -> bool:
+        """The pixel operator's (the decoder is differentiated through)."""
+        return self.op.differentiable
+
     def __init__(self, op: AbstractOperator, decoder: Callable, sigma_y: Hyperparameter | None = None):
         self.op, self.decoder = op, decoder
         self.sigma_y = op.sigma_y if sigma_y is None else sigma_y
