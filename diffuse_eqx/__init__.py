@@ -108,6 +108,8 @@ from ._predictor import (
 from ._targets import (
     GaussianMixture as GaussianMixture,
     GaussianMixtureNetwork as GaussianMixtureNetwork,
+    ImportanceReference as ImportanceReference,
+    importance_posterior as importance_posterior,
 )
 from ._timer import (
     AbstractTimer as AbstractTimer,
