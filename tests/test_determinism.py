@@ -102,6 +102,11 @@ def cases():
         "DAPS": lambda: den(dx.DAPS(op, y, n_langevin=3)),
         "RedDiff": lambda: den(dx.RedDiff(op, y, optimizer=optax.adam(0.1))),
         "RePaint": lambda: den(dx.RePaint(dx.DDIM(eta=1.0), inpaint, y_inpaint, jump_length=2, n_resample=2)),
+        # finite differences over mu amplify a last-bit difference by ~1/mu (mu = 1e-3: 19 float32
+        # ulps of the sample; 0.1: 1.1): a smoothing radius of the data's scale keeps rounding small
+        "DPSGSG": lambda: den(dx.DDIM(eta=1.0), dx.DPSGSG(pred, op, y, num_queries=8, mu=0.1)),
+        "Anchored": lambda: den(dx.Heun(), dx.Anchored(pred, np.array([1.0, -1.0]), 0.5, "data", (0.3, 1.0))),
+        "Blended": lambda: den(dx.Blended(dx.DDIM(eta=1.0), np.array([2.0, 0.0]), np.array([0.0, 1.0]))),
         "TDS": lambda: dx.TDS(pred, op, y, timer, resample_threshold=0.0),
         "MCGdiff": lambda: dx.MCGdiff(pred, dx.Matrix(A), y, timer, resample_threshold=0.0),
     }
@@ -181,7 +186,7 @@ CASE_NAMES = [
     "DEIS", "EulerAncestral", "EulerAncestralRF",
     "EulerMaruyama", "Churn", "DiffraxIntegrator", "DiffraxAdaptive", "DiffraxSDE", "CFG", "CFGPlusPlus",
     "APG", "GuidanceInterval", "AutoGuidance", "DPS-norm", "DPS-gaussian", "PiGDM", "TMPD", "DDNM",
-    "ExactPosteriorGuidance", "DAPS", "RedDiff", "RePaint", "TDS", "MCGdiff",
+    "ExactPosteriorGuidance", "DAPS", "RedDiff", "RePaint", "DPSGSG", "Anchored", "Blended", "TDS", "MCGdiff",
 ]  # fmt: skip
 
 

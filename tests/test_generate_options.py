@@ -116,8 +116,8 @@ def test_host_callback_compiled_only_when_requested_and_without_retrace():
         return GMM.velocity(FLOW, x, t)
 
     den = denoiser(dx.Euler(), network)
-    assert "callback" not in _generate.lower(den, jr.key(0), None, 4, False, None, None).as_text()
-    assert "callback" in _generate.lower(den, jr.key(0), jnp.int32(0), 4, False, None, None).as_text()
+    assert "callback" not in _generate.lower(den, jr.key(0), None, None, 4, False, None, None).as_text()
+    assert "callback" in _generate.lower(den, jr.key(0), jnp.int32(0), None, 4, False, None, None).as_text()
     counts = []
     den.generate(jr.key(0), 4, callback=lambda *args: counts.append(1))
     n_traces = len(traces)
