@@ -142,10 +142,12 @@ def main() -> None:
     results, examples = class_edits(model, args.n_per_pair)
     pairs = ", ".join(f"{a} -> {b}" for a, b in PAIRS)
     print(
-        f"\n### Class edits ({pairs}; {args.n_per_pair} test digits each; {N_STEPS} Euler steps, FluxTimer shift 1; target guidance {GUIDANCE})\n"
+        f"\n### Class edits ({pairs}; {args.n_per_pair} test digits each; {N_STEPS} Euler steps, "
+        f"FluxTimer shift 1; target guidance {GUIDANCE})\n"
     )
     print(
-        "| method | classified as the target | RMS to the source | RMS source to a fresh target sample | NFE |"
+        "| method | classified as the target | RMS to the source | RMS source to a fresh target sample "
+        "| NFE |"
     )
     print("|---|---:|---:|---:|---:|")
     for name, (acc, dist, fresh, nfe) in results.items():
