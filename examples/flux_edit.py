@@ -39,6 +39,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--max-sequence-length", type=int, default=None, help="T5 tokens (default: the model's)")
     p.add_argument("--out", type=Path, default=Path("flux_edit"))
     return p.parse_args(argv)
 
@@ -47,7 +48,9 @@ def main(argv=None) -> dict[str, float]:
     """Runs the example; returns the round trip's RMS latent error without and with refinement."""
     args = parse_args(argv)
     h, w = args.height, args.width
-    pipe = FluxPipeline.from_pretrained(args.model, dtype=jnp.dtype(args.dtype))
+    pipe = FluxPipeline.from_pretrained(
+        args.model, dtype=jnp.dtype(args.dtype), max_sequence_length=args.max_sequence_length
+    )
     dev = pipe.transformer.config.guidance_embed
     g = (lambda value: value) if dev else (lambda value: None)
     key = jr.key(args.seed)

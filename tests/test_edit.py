@@ -100,7 +100,8 @@ def test_given_particles_are_checked():
 # ---------------------------------------------------------------------------------- inversion
 
 
-INVERTERS = [dx.Euler(), dx.Heun(), dx.DDIM(), dx.DPMpp2M()]
+# (DDIM is Euler's step on `Flow`, written in (x0, noise): a fixed case below)
+INVERTERS = [dx.Euler(), dx.Heun(), dx.DPMpp2M()]
 solve_invert = dx.invert
 
 
@@ -142,11 +143,14 @@ def test_inversion_converges_at_the_declared_order(integrator, gaussian, t_hi, t
     assert abs(order - integrator.order) <= 0.3, (order, errors)
 
 
-@pytest.mark.parametrize("solver", [diffrax.Ralston(), diffrax.Bosh3()], ids=lambda s: type(s).__name__)
-def test_inversion_with_diffrax_solvers_converges_at_their_order(solver):
-    """(Not diffrax's Midpoint: on Gaussian data along `Flow` its O(h^2) error term vanishes, forward
-    too, and it measures 3.)"""
-    integrator = dx.DiffraxIntegrator(solver)
+@pytest.mark.parametrize(
+    "integrator",
+    [dx.DDIM(), dx.DiffraxIntegrator(diffrax.Ralston()), dx.DiffraxIntegrator(diffrax.Bosh3())],
+    ids=["DDIM", "Ralston", "Bosh3"],
+)
+def test_inversion_on_a_fixed_case_converges_at_the_order(integrator):
+    """DDIM and diffrax solvers on one Gaussian and one warped grid. (Not diffrax's Midpoint: on
+    Gaussian data along `Flow` its O(h^2) error term vanishes, forward too, and it measures 3.)"""
     mean, var, z = np.asarray([1.0, -0.5]), np.asarray([0.3, 2.0]), np.asarray([1.2, -0.8])
     order, errors = inversion_order(integrator, mean, var, z, warped_grid(0.9, 0.1, 0.5))
     assert abs(order - integrator.order) <= 0.3, (order, errors)
