@@ -14,6 +14,7 @@ from .._denoiser import integrate
 from .._integrator import AbstractIntegrator, AbstractSingleStep, IntegratorState, evaluate
 from .._predictor import AbstractPredictor
 from .._timer import AbstractTimer
+from .base import check_batch
 
 
 class InversionOutput(eqx.Module):
@@ -110,15 +111,7 @@ def invert(
         )
     per_step = refine == "step" or (refine == "auto" and single and integrator.order <= 1)
     ts = checked_grid(predictor.path, timer, "invert")
-    x0 = jnp.asarray(x0)
-    if x0.ndim < 1 or x0.shape[0] < 1:
-        raise ValueError(
-            f"invert: x0 must be a batch of shape (n_particles, *x0_shape); got shape {x0.shape}."
-        )
-    if not jnp.issubdtype(x0.dtype, jnp.floating):
-        raise TypeError(f"invert: x0 must be real floating point; got dtype {x0.dtype}.")
-    if concrete(x0) and not bool(jnp.all(jnp.isfinite(x0))):
-        raise ValueError("invert: x0 has NaN or infinite values.")
+    x0 = check_batch("invert", x0, "x0")
     return inversion(integrator, predictor, ts, x0, key, fixed_point, per_step, keep_history, None)
 
 
