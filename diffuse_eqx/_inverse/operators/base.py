@@ -133,7 +133,7 @@ class AbstractOperator(eqx.Module):
         return -jnp.sum(jnp.real(r * jnp.conj(r))) / (2 * sigma_y**2)
 
     differentiable: eqx.AbstractVar[bool]
-    """Whether $\mathcal A$ has a useful derivative (`vjp`). `False` for a black box or a
+    r"""Whether $\mathcal A$ has a useful derivative (`vjp`). `False` for a black box or a
     piecewise-constant map ([`Quantize`][diffuse_eqx.Quantize]): gradient-based samplers refuse it,
     derivative-free ones run it. (Linear operators: `True`.)"""
 
