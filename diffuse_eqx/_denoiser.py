@@ -37,9 +37,12 @@ class DenoiserOutput(eqx.Module):
     history: Float[Array, " n_steps_plus_one n_particles *shape"] | None = None
 
 
-def _initial_state(
+def initial_state(
     integrator: AbstractIntegrator, predictor: AbstractPredictor, ts: Grid, x: Particle, key: Key
 ) -> IntegratorState:
+    """The integrator's state before the first step from `x`, with the predictor's initial state, no
+    evaluations counted and no data estimate yet (what `integrate`, `generate` and `invert` start
+    from)."""
     state = integrator.init(predictor, x, key, ts)
     return state.replace(guidance=predictor.init(x), nfe=0, x0=jnp.zeros_like(x))
 
@@ -58,7 +61,7 @@ def integrate(
     **Returns:** the final particle, the network evaluations made, and the particle at every grid
     time if `keep_history` (else `None`).
     """
-    state = _initial_state(integrator, predictor, ts, x, key)
+    state = initial_state(integrator, predictor, ts, x, key)
 
     def body(state, t_pair):
         state = integrator.step(predictor, state, t_pair[0], t_pair[1])
@@ -197,7 +200,7 @@ class Denoiser(eqx.Module):
             x_init = _checked_x_init(x_init, n_particles, self.x0_shape, self.dtype)
         config = (n_particles, bool(keep_history), batch_size, sharding, bool(check_finite))
         if callback is None and not progress:
-            return _checked(self, *_generate(self, key, None, x_init, *config))
+            return _checked(self, x_init is None, *_generate(self, key, None, x_init, *config))
 
         bar = _progress_bar(int(self.timer.n_steps)) if progress else None
 
@@ -217,7 +220,7 @@ class Denoiser(eqx.Module):
             del _host_calls[call_id]
             if bar is not None:
                 bar.close()
-        return _checked(self, *out)
+        return _checked(self, x_init is None, *out)
 
 
 def check_starts_from_noise(path, ts: Grid, owner: str = "Denoiser") -> None:
@@ -269,7 +272,7 @@ def _checked_x_init(x_init, n_particles: int, x0_shape: tuple[int, ...], dtype) 
 
 def _checked(
     denoiser: Denoiser,
-    x_init,
+    from_noise: bool,
     out: DenoiserOutput,
     x0,
     nfe: Int[Array, " n_shards"],
@@ -284,7 +287,7 @@ def _checked(
         denoiser.predictor.path,
         denoiser.timer.times(),
         dataclasses.replace(out, nfe=jnp.max(nfe)),
-        from_noise=x_init is None,
+        from_noise=from_noise,
     )
     if bad is None:
         return out
@@ -389,7 +392,6 @@ def _generate(
     sharding: NamedSharding | None,
     check_finite: bool = False,
 ) -> tuple[
-    Float[Array, " n_particles *shape"] | None,
     DenoiserOutput,
     Float[Array, " n_particles *shape"],
     Int[Array, " n_shards"],
@@ -427,7 +429,7 @@ def _generate(
     out = DenoiserOutput(samples=samples, nfe=nfe[0], history=history if keep_history else None)
     # the last x0 estimate is returned (and dropped by `generate`) so that XLA computes and carries
     # x0 at every step with or without a callback reading it: the same fusions, the same rounding
-    return x_init, out, x0, nfe, bad if check_finite else None
+    return out, x0, nfe, bad if check_finite else None
 
 
 def _run_shard(denoiser, call_id, keep_history, batch_size, check_finite, keys, x_given, shard):
@@ -461,7 +463,7 @@ def _run_shard(denoiser, call_id, keep_history, batch_size, check_finite, keys, 
         k_init, k_run = jr.split(k)
         if x is None:
             x = (std * jr.normal(k_init, denoiser.x0_shape, dtype)).astype(dtype)
-        return _initial_state(integrator, predictor, ts, x, k_run)
+        return initial_state(integrator, predictor, ts, x, k_run)
 
     state = batched(init, (keys, x_given))
     x_init = state.position

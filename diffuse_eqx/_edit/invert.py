@@ -10,10 +10,11 @@ from jaxtyping import Array, Float, Int
 
 from .._check import as_numpy, check_int, concrete
 from .._custom_types import Grid, Key, Time
-from .._denoiser import integrate
+from .._denoiser import initial_state, integrate
 from .._integrator import AbstractIntegrator, AbstractSingleStep, IntegratorState, evaluate
 from .._predictor import AbstractPredictor
 from .._timer import AbstractTimer
+from .._timer.base import check_grid
 from .base import check_batch
 
 
@@ -145,7 +146,7 @@ def _check_deterministic(integrator, predictor, ts, x, key) -> None:
     t_a, t_b = 0.75 * ts[0] + 0.25 * ts[-1], 0.5 * (ts[0] + ts[-1])
 
     def step(key):
-        state = _fresh_state(integrator, predictor, ts, x, key)
+        state = initial_state(integrator, predictor, ts, x, key)
         return integrator.step(predictor, state, t_a, t_b).position
 
     a, b = as_numpy(eqx.filter_jit(jax.vmap(step))(jnp.stack([key, jr.fold_in(key, 1)])))
@@ -164,13 +165,10 @@ def checked_grid(path, timer, owner: str) -> Grid:
     if not concrete(ts):
         raise ValueError(f"{owner}: the grid must be concrete (not traced under jit/vmap).")
     ts = jnp.asarray(ts)
-    values = as_numpy(ts)
-    if ts.ndim != 1 or len(values) < 2:
-        raise ValueError(f"{owner}: the grid must be a 1-D array of at least 2 times; got shape {ts.shape}.")
     if not jnp.issubdtype(ts.dtype, jnp.floating):
         ts = ts.astype(jnp.result_type(float))
-    if not (np.all(np.isfinite(values)) and np.all(np.diff(values) < 0)):
-        raise ValueError(f"{owner}: the grid must be finite and strictly decreasing; got {values}.")
+    check_grid(owner, ts)  # the timers' own check: 1-D, finite, >= 0, strictly decreasing
+    values = as_numpy(ts)
     t_max = float(path.t_max)
     if values[-1] < 0 or values[0] > t_max * (1 + 1e-6):
         raise ValueError(
@@ -190,11 +188,6 @@ def endpoint_step(
     pred, state = evaluate(predictor, state, x, t)
     x_next = path.alpha(t_next) * pred.x0 + path.sigma(t_next) * pred.noise
     return state.replace(position=x_next.astype(x.dtype))
-
-
-def _fresh_state(integrator, predictor, ts, x, key) -> IntegratorState:
-    state = integrator.init(predictor, x, key, ts)
-    return state.replace(guidance=predictor.init(x), nfe=0, x0=jnp.zeros_like(x))
 
 
 def _plain_one(integrator, predictor, ts, x, key, head: bool, tail: bool):
@@ -231,7 +224,7 @@ def _refine_steps(integrator, predictor, ts, traj, key, fixed_point: int):
     single-step integrator: `fixed_point` iterations of each step's implicit equation, from the
     data end to the noise end."""
     n = ts.shape[0] - 1
-    states = jax.vmap(lambda x: _fresh_state(integrator, predictor, ts, x, key))(traj[:-1])
+    states = jax.vmap(lambda x: initial_state(integrator, predictor, ts, x, key))(traj[:-1])
 
     def step_back(x_target, xs):
         state, i, x_guess = xs

@@ -64,16 +64,11 @@ def importance_posterior(
     n_chunks = -(-n_draws // chunk)
     k_draw, k_pick = jr.split(key)
 
-    @jax.jit
-    def weigh(k):
-        x = prior.sample(k, chunk)
-        return x, jax.vmap(log_likelihood)(x)
+    draw = jax.jit(lambda k: prior.sample(k, chunk))
+    weigh = jax.jit(lambda k: jax.vmap(log_likelihood)(prior.sample(k, chunk)))
 
     # pass 1: the log weights, chunk by chunk (kept: 8 bytes a draw), and their maximum
-    log_w = []
-    for i in range(n_chunks):
-        _, lw = weigh(jr.fold_in(k_draw, i))
-        log_w.append(lw)
+    log_w = [weigh(jr.fold_in(k_draw, i)) for i in range(n_chunks)]
     log_w = jnp.concatenate(log_w)[:n_draws]
     if not bool(jnp.all(jnp.isfinite(log_w) | (log_w == -jnp.inf))):
         raise ValueError("importance_posterior: the log-likelihood returned NaN or +inf.")
@@ -96,8 +91,7 @@ def importance_posterior(
         lo = i * chunk
         mine = picks[(picks >= lo) & (picks < lo + chunk)] - lo
         if mine.shape[0]:
-            x, _ = weigh(jr.fold_in(k_draw, i))
-            samples.append(x[mine])
+            samples.append(draw(jr.fold_in(k_draw, i))[mine])
     samples = jnp.concatenate(samples)
     samples = samples[jr.permutation(jr.fold_in(k_pick, 1), samples.shape[0])]
     return ImportanceReference(samples, ess, n_draws, log_evidence)

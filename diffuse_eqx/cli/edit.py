@@ -80,9 +80,8 @@ def edit(
     the mask's white part with `prompt`; writes `n` PNGs in `out` and returns their paths.
     `strength` (FlowEdit, SDEdit), `gamma` and `eta` (RF-Inversion) default to the methods' own."""
     check_options(method, steps, n, strength, gamma, eta, guidance, source_guidance)
-    from PIL import Image
-
     from ..models.flux import FluxPipeline  # the FLUX models and their dependencies, only when run
+    from .generate import write_pngs
 
     pixels = read_image(image)
     height, width = int(pixels.shape[1]), int(pixels.shape[2])
@@ -122,10 +121,4 @@ def edit(
         what = method
     images = pipe.to_uint8(jax.block_until_ready(images))
     log(f"{what}: {n} image(s), {steps} steps, in {time.perf_counter() - t0:.1f} s")
-    paths = []
-    for i, picture in enumerate(images):
-        path = out / f"{what}_{steps}steps_seed{seed}_{i:03d}.png"
-        Image.fromarray(np.asarray(picture)).save(path)
-        paths.append(path)
-    log("wrote " + ", ".join(str(p) for p in paths))
-    return paths
+    return write_pngs(images, out, f"{what}_{steps}steps_seed{seed}", log)

@@ -89,7 +89,7 @@ def generate(
     negative prompt (diffusers' `true_cfg_scale`, one transformer call of batch 2, twice the NFE),
     beside FLUX.1-dev's distilled `guidance`. `progress` shows a progress bar over the sampling steps."""
     check_options(height, width, steps, timer, integrator, n, guidance, negative_prompt, true_cfg)
-    from PIL import Image
+    import PIL  # noqa: F401  (without Pillow, fail before the model loads, not after sampling)
 
     from ..models.flux import FluxPipeline  # the FLUX models and their dependencies, only when run
 
@@ -106,7 +106,7 @@ def generate(
     else:
         if negative_prompt is not None:
             log("the negative prompt is not used: true_cfg = 1 (no true CFG)")
-        predictor = dx.Predictor(pipe.condition(prompt, height, width, guidance), dx.Flow(), "velocity")
+        predictor = pipe.predictor(prompt, height, width, guidance)
         log(f"encoded the prompt in {time.perf_counter() - t0:.1f} s")
     den = dx.Denoiser(
         predictor=predictor,
@@ -123,9 +123,16 @@ def generate(
     decode = eqx.filter_jit(jax.vmap(lambda z: pipe.decode(z, height, width)))
     images = pipe.to_uint8(jax.block_until_ready(decode(latents)))
     log(f"decoded in {time.perf_counter() - t0:.1f} s")
+    return write_pngs(images, out, f"{integrator}_{timer}_{steps}steps_seed{seed}", log)
+
+
+def write_pngs(images: np.ndarray, out: Path, stem: str, log=print) -> list[Path]:
+    """Writes uint8 images `(n, H, W, 3)` as `out/{stem}_{i:03d}.png`, logs and returns the paths."""
+    from PIL import Image
+
     paths = []
     for i, image in enumerate(images):
-        path = out / f"{integrator}_{timer}_{steps}steps_seed{seed}_{i:03d}.png"
+        path = out / f"{stem}_{i:03d}.png"
         Image.fromarray(np.asarray(image)).save(path)
         paths.append(path)
     log("wrote " + ", ".join(str(p) for p in paths))

@@ -161,7 +161,6 @@ class AbstractLinearOperator(AbstractOperator):
 
     differentiable: ClassVar[bool] = True
 
-
     @abc.abstractmethod
     def adjoint(self, y: Measurement) -> Signal:
         r"""The adjoint $A^\top y$."""

@@ -44,7 +44,8 @@ class FunctionOperator(AbstractOperator):
         return tuple(out.shape)
 
     def apply(self, x: Signal) -> Measurement:
-        self.y_shape(x.shape)
+        if tuple(x.shape) != self.x_shape:  # (y_shape's check, without tracing f again)
+            raise ValueError(f"FunctionOperator needs x of shape {self.x_shape}; got {tuple(x.shape)}.")
         return jnp.asarray(self.f(x))
 
 
